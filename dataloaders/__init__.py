@@ -1,0 +1,1 @@
+"""Reading meibography datasets, fold files and building training/evaluation samples."""

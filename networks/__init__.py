@@ -1,0 +1,1 @@
+"""Neural networks of SS-MGS: spatial transformer, registration and segmentation nets."""

@@ -1,0 +1,1 @@
+"""Shared utilities: data tools, losses, metrics and training helpers."""
