@@ -32,10 +32,21 @@ def _read_raw(path: Path) -> np.ndarray:
     """Read any image file as a numpy array, or raise a one-line InputError."""
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty; replace it with a valid image or remove it")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: file is empty; replace it with a valid image or remove it")
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+    # OpenCV logs its own multi-line decoder errors to stderr; our one-line message replaces them.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        array = None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if array is None or array.size == 0:
         raise InputError(f"{path}: cannot be decoded as an image; replace it with a valid "
                          f"{'/'.join(e[1:] for e in IMAGE_EXTS)} file or remove it")
@@ -158,6 +169,8 @@ class DatasetFolder:
 
     def _check_sizes(self, names: list[str]) -> tuple[int, int]:
         sizes = {name: _image_size(self.image_paths[name]) for name in names}
+        if not sizes and self.resize is None:
+            raise InputError(f"{self.root}: no images selected; pass at least one name or resize=(W, H)")
         if self.resize is not None:
             return self.resize[1], self.resize[0]
         distinct = sorted(set(sizes.values()), key=lambda s: -sum(v == s for v in sizes.values()))

@@ -1,0 +1,113 @@
+"""Segmentation samples: (Atlas, U1, U2, negative) training items and evaluation images.
+
+Shapes and the iteration/epoch/seed conventions are those of
+:mod:`dataloaders.registration_data`: images ``[1, H, W]`` float32 in [0, 1],
+labels one-hot ``[2, H, W]`` float, fields ``[2, H, W]`` pixels (row first).
+Training reads only the labels of Atlas images.
+"""
+from __future__ import annotations
+
+from itertools import chain
+from typing import Sequence
+
+from torch.utils.data import Dataset
+
+from dataloaders.dataset import DatasetFolder, Subject
+from dataloaders.registration_data import (ImageCache, IterationDataset, check_pairs, check_size,
+                                           pick, pick_two, warp_image)
+from utils.errors import InputError
+
+
+class SegmentationTrainSet(IterationDataset):
+    """RSGM/RNSF training items.
+
+    Item ``i`` (drawn with ``default_rng([seed, epoch, i])``): a training
+    patient with an Atlas image and at least one other image (uniform); an
+    Atlas image ``x_l`` of it (uniform) with label ``y_l``; two other images
+    ``u1 != u2`` of it (``u1 == u2`` with one other image; other Atlas images
+    may serve, their labels are never read); ``u_neg`` = a uniform image of a
+    uniform *different* training patient (label never read). Returns
+    ``"x_l"``, ``"u1"``, ``"u2"``, ``"u_neg"``, ``"u1_on_l" = warp(u1, field(u1, x_l))``,
+    ``"x_l_on_u2" = warp(x_l, field(x_l, u2))`` ``[1, H, W]``; ``"y_l"`` ``[2, H, W]``;
+    ``"field_l_u2" = field(x_l, u2)`` ``[2, H, W]``; ``"atlas_name"``,
+    ``"u1_name"``, ``"u2_name"``, ``"neg_name"``, ``"patient"``.
+    """
+
+    def __init__(self, folder: DatasetFolder, subjects: Sequence[Subject], prealign,
+                 iterations: int, seed: int):
+        super().__init__(iterations, seed)
+        self.folder, self.prealign = folder, prealign
+        self.all_subjects = list(subjects)
+        self.subjects = [s for s in self.all_subjects if s.atlas and len(s.images) >= 2]
+        if not self.subjects:
+            raise InputError("no training patient has an Atlas (labelled) image plus another image; "
+                             "rerun python -m utils.make_folds with --labelled-per-patient 1 or more "
+                             "and --labelled-patients above 0")
+        if len(self.all_subjects) < 2:
+            raise InputError("the negative image must come from a different patient, but the train set "
+                             "has only one patient; use a dataset with more patients")
+        check_size(folder, prealign)
+        pairs = chain.from_iterable(((u, x), (x, u)) for s in self.subjects for x in s.atlas
+                                    for u in s.images if u != x)
+        check_pairs(folder, prealign, pairs)
+        self.cache = ImageCache(folder)
+
+    def preload(self) -> "SegmentationTrainSet":
+        """Decode every image and Atlas label this set can draw (before forking DataLoader workers)."""
+        self.cache.preload(n for s in self.all_subjects for n in s.images)
+        for subject in self.subjects:
+            for name in subject.atlas:
+                self.folder.load_label(name)
+        return self
+
+    def draw(self, index: int) -> dict[str, str]:
+        """Names of item ``index`` in the current epoch (no I/O)."""
+        rng = self.rng(index)
+        subject = pick(rng, self.subjects)
+        atlas = pick(rng, subject.atlas)
+        u1, u2 = pick_two(rng, [n for n in subject.images if n != atlas])
+        negative = pick(rng, [s for s in self.all_subjects if s.patient != subject.patient])
+        return {"patient": subject.patient, "atlas_name": atlas, "u1_name": u1, "u2_name": u2,
+                "neg_name": pick(rng, negative.images)}
+
+    def __getitem__(self, index: int) -> dict:
+        names = self.draw(index)
+        atlas, u1_name, u2_name = names["atlas_name"], names["u1_name"], names["u2_name"]
+        x_l, u1 = self.cache.tensor(atlas), self.cache.tensor(u1_name)
+        field_l_u2 = self.prealign.field(atlas, u2_name)
+        return {
+            "x_l": x_l,
+            "y_l": self.cache.label(atlas),
+            "u1": u1,
+            "u2": self.cache.tensor(u2_name),
+            "u1_on_l": warp_image(u1, self.prealign.field(u1_name, atlas)),
+            "x_l_on_u2": warp_image(x_l, field_l_u2),
+            "field_l_u2": field_l_u2,
+            "u_neg": self.cache.tensor(names["neg_name"]),
+            **names,
+        }
+
+
+class SegmentationEvalSet(Dataset):
+    """Every image of the subjects once (val/test): ``"image"`` ``[1, H, W]``,
+    ``"label"`` one-hot ``[2, H, W]``, ``"name"``, ``"patient"``."""
+
+    def __init__(self, folder: DatasetFolder, subjects: Sequence[Subject]):
+        self.folder = folder
+        self.items = [(s.patient, name) for s in subjects for name in s.images]
+        self.cache = ImageCache(folder)
+
+    def preload(self) -> "SegmentationEvalSet":
+        """Decode every image and label (before forking DataLoader workers)."""
+        self.cache.preload(name for _, name in self.items)
+        for _, name in self.items:
+            self.folder.load_label(name)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        patient, name = self.items[index]
+        return {"image": self.cache.tensor(name), "label": self.cache.label(name),
+                "name": name, "patient": patient}

@@ -1,0 +1,268 @@
+"""utils.training (set-up, checkpoints, resume, NaN guard) and utils.visualise."""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from utils.errors import InputError
+from utils.training import (CheckpointManager, TrainingDiverged, atomic_save, check_finite,
+                            find_best_checkpoint, make_generator, make_writer, ramp_up,
+                            restore_rng_state, rng_state, run_dir_for, seed_everything, seed_worker,
+                            select_device, use_amp)
+from utils.visualise import (deformation_grid, grid_lines, image_grid_panel, overlay_mask, save_png,
+                             tp_fp_fn_overlay)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def test_select_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto") == torch.device("cpu")
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match="no CUDA device is available; use --device cpu or auto"):
+        select_device("cuda")
+    with pytest.raises(InputError, match="unknown device"):
+        select_device("tpu")
+
+
+def test_use_amp():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_amp("auto", cpu) is False
+    assert use_amp("auto", cuda) is True
+    assert use_amp("on", cuda) is True
+    assert use_amp("off", cuda) is False
+    with pytest.raises(InputError, match="only supported on CUDA"):
+        use_amp("on", cpu)
+    with pytest.raises(InputError):
+        use_amp("maybe", cpu)
+
+
+def test_ramp_up_values():
+    assert ramp_up(0) == pytest.approx(math.exp(-5))
+    assert ramp_up(25) == pytest.approx(math.exp(-5 * 0.25))
+    assert ramp_up(50) == pytest.approx(1.0)
+    assert ramp_up(80) == pytest.approx(1.0)
+    assert ramp_up(5, length=0) == 1.0
+    assert ramp_up(10, length=20) == pytest.approx(math.exp(-1.25))
+
+
+def _draws():
+    return random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()
+
+
+def test_seed_everything_and_generators():
+    seed_everything(7)
+    first = _draws()
+    seed_everything(7)
+    assert _draws() == first
+    g1, g2 = make_generator(5), make_generator(5)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+def test_seed_worker_derives_from_torch_initial_seed():
+    torch.manual_seed(1234)
+    seed_worker(0)
+    assert np.random.rand() == np.random.RandomState(1234).rand()
+    assert random.random() == random.Random(1234).random()
+
+
+def test_rng_state_roundtrip_through_checkpoint(tmp_path):
+    seed_everything(3)
+    np.random.randn()  # leave a cached Gaussian in NumPy's state
+    atomic_save({"rng": rng_state()}, tmp_path / "s.pth")
+    expected = _draws()
+    seed_everything(999)
+    _draws()
+    state = torch.load(tmp_path / "s.pth", weights_only=True)
+    restore_rng_state(state["rng"])
+    assert _draws() == expected
+
+
+# ----------------------------------------------------------------------------- atomic save
+
+def test_atomic_save_writes_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "ck.pth"
+    atomic_save({"x": torch.arange(3)}, path)
+    atomic_save({"x": torch.arange(4)}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(4))
+
+
+def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pth"
+    atomic_save({"v": 1}, path)
+
+    def broken_save(obj, handle):
+        handle.write(b"partial garbage")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"v": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+SCORES = [0.1, 0.5, 0.3, 0.2, 0.7, 0.4, 0.35]  # epochs 1..7
+
+
+def _fill(run_dir, keep=3):
+    manager = CheckpointManager(run_dir, keep=keep)
+    saved = [manager.maybe_save_best({"epoch": e}, s, e) for e, s in enumerate(SCORES, start=1)]
+    return manager, saved
+
+
+def test_checkpoint_manager_keeps_best_n(tmp_path):
+    manager, saved = _fill(tmp_path)
+    assert saved == [True, True, True, True, True, True, False]
+    expected = ["best_epoch005_score0.7000.pth", "best_epoch002_score0.5000.pth",
+                "best_epoch006_score0.4000.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected + ["best.json"])
+    manifest = json.loads((tmp_path / "best.json").read_text())
+    assert manifest["best"] == expected[0]
+    assert manifest["checkpoints"] == [{"file": expected[0], "epoch": 5, "score": 0.7},
+                                       {"file": expected[1], "epoch": 2, "score": 0.5},
+                                       {"file": expected[2], "epoch": 6, "score": 0.4}]
+    assert manager.best_path == tmp_path / expected[0]
+    assert find_best_checkpoint(tmp_path) == tmp_path / expected[0]
+    assert torch.load(manager.best_path, weights_only=True) == {"epoch": 5}
+    assert manager.maybe_save_best({"epoch": 8}, float("nan"), 8) is False
+
+
+def test_checkpoint_manager_same_epoch_replaces(tmp_path):
+    manager, _ = _fill(tmp_path)
+    assert manager.maybe_save_best({"epoch": 2}, 0.6, 2)
+    assert [(e["epoch"], e["score"]) for e in manager.best] == [(5, 0.7), (2, 0.6), (6, 0.4)]
+    assert not (tmp_path / "best_epoch002_score0.5000.pth").exists()
+
+
+def test_checkpoint_manager_restore_from_manifest(tmp_path):
+    manager, _ = _fill(tmp_path)
+    other = CheckpointManager(tmp_path, keep=3)
+    assert other.restore_best() == manager.best
+    # resuming from a last.pth of epoch 4 drops (and deletes) the best entries of epochs 5, 6
+    other.restore_best(max_epoch=4)
+    assert [e["epoch"] for e in other.best] == [2]
+    assert not (tmp_path / "best_epoch005_score0.7000.pth").exists()
+    assert find_best_checkpoint(tmp_path).name == "best_epoch002_score0.5000.pth"
+
+
+def test_save_and_load_last_resume(tmp_path):
+    manager, _ = _fill(tmp_path)
+    assert CheckpointManager(tmp_path / "fresh").load_last() is None
+    model = torch.nn.Linear(2, 1)
+    state = {"model": model.state_dict(), "epoch": 6, "rng": rng_state()}
+    manager.save_last(state)
+    resumed = CheckpointManager(tmp_path, keep=3)
+    loaded = resumed.load_last()
+    assert loaded["epoch"] == 6
+    assert torch.equal(loaded["model"]["weight"], model.weight.detach())
+    assert resumed.best == manager.best  # every best entry survives, whatever "epoch" means
+    # the epoch after last.pth is rerun with a different score: its entry is replaced
+    assert resumed.maybe_save_best({"epoch": 6}, 0.45, 6)
+    assert [(e["epoch"], e["score"]) for e in resumed.best] == [(5, 0.7), (2, 0.5), (6, 0.45)]
+    assert not (tmp_path / "best_epoch006_score0.4000.pth").exists()
+
+
+def test_find_best_checkpoint_missing(tmp_path):
+    with pytest.raises(InputError) as info:
+        find_best_checkpoint(tmp_path / "runs" / "REG" / "fold1",
+                             hint="train it with: python 5fold_Train_Reg.py --exp REG --fold 1")
+    message = str(info.value)
+    assert "fold1" in message and "5fold_Train_Reg.py" in message and "\n" not in message
+
+
+def test_load_corrupt_checkpoint_is_input_error(tmp_path):
+    (tmp_path / "last.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot load checkpoint"):
+        CheckpointManager(tmp_path).load_last()
+
+
+# ----------------------------------------------------------------------------- guard, logging
+
+def test_check_finite():
+    check_finite({"seg": torch.tensor(0.5), "rs": 1.0}, 1, 2, "kept")
+    with pytest.raises(TrainingDiverged) as info:
+        check_finite({"seg": torch.tensor(0.5), "rnsf": torch.tensor(float("nan"))}, 3, 17,
+                     "runs/SEG/fold1/last.pth; rerun with --resume")
+    message = str(info.value)
+    assert isinstance(info.value, InputError)
+    assert "'rnsf'" in message and "epoch 3" in message and "iteration 17" in message
+    assert "last good checkpoint is kept" in message and "runs/SEG/fold1/last.pth" in message
+    assert "\n" not in message
+    with pytest.raises(TrainingDiverged, match="'ncc' is inf"):
+        check_finite({"ncc": float("inf")}, 0, 0)
+
+
+def test_writer_and_run_dir(tmp_path):
+    run_dir = run_dir_for(tmp_path, "EXP", 2)
+    assert run_dir == tmp_path / "EXP" / "fold2"
+    writer = make_writer(run_dir)
+    writer.add_scalar("loss", 1.0, 0)
+    writer.close()
+    assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
+
+
+# ----------------------------------------------------------------------------- visualise
+
+def test_overlay_mask_colours():
+    image = np.full((3, 4), 0.2, dtype=np.float32)
+    mask = np.zeros((3, 4), bool)
+    mask[1, 2] = True
+    out = overlay_mask(image, mask, color=(1.0, 0.0, 0.0), alpha=0.5)
+    assert out.shape == (3, 4, 3)
+    np.testing.assert_allclose(out[1, 2], [0.6, 0.1, 0.1], atol=1e-6)
+    np.testing.assert_allclose(out[0, 0], [0.2, 0.2, 0.2], atol=1e-6)
+
+
+def test_tp_fp_fn_overlay_colours():
+    pred = np.array([[1, 1, 0, 0]], bool)
+    gt = np.array([[1, 0, 1, 0]], bool)
+    exact = tp_fp_fn_overlay(np.zeros((1, 4)), pred, gt, alpha=1.0)
+    assert exact.dtype == np.uint8
+    assert exact[0].tolist() == [[0, 255, 0], [255, 0, 0], [0, 0, 255], [0, 0, 0]]
+    blended = tp_fp_fn_overlay(np.full((1, 4), 51, np.uint8), pred, gt)  # 51 / 255 = 0.2
+    assert blended[0].tolist() == [[26, 153, 26], [153, 26, 26], [26, 26, 153], [51, 51, 51]]
+
+
+def test_image_grid_panel_layout():
+    gray = np.full((4, 5), 0.5, dtype=np.float32)
+    rgb = np.zeros((3, 2, 3), dtype=np.float32)
+    rgb[..., 1] = 1.0
+    panel = image_grid_panel([gray, torch.from_numpy(rgb)], pad=2, pad_value=1.0)
+    assert panel.shape == (3, 4, 9) and panel.dtype == torch.float32
+    assert torch.all(panel[:, :, :5] == 0.5)
+    assert torch.all(panel[:, :, 5:7] == 1.0)
+    assert panel[:, :3, 7:].permute(1, 2, 0).reshape(-1, 3).tolist() == [[0.0, 1.0, 0.0]] * 6
+    assert torch.all(panel[:, 3, 7:] == 1.0)  # shorter image padded below
+
+
+def test_deformation_grid():
+    lines = grid_lines(16, 24, spacing=8)
+    assert lines[0].all() and lines[8].all() and lines[:, 16].all() and not lines[3, 3]
+    zero = deformation_grid(torch.zeros(2, 16, 24), spacing=8)
+    np.testing.assert_allclose(zero, lines, atol=1e-5)
+    shift = np.zeros((1, 2, 16, 24), np.float32)
+    shift[:, 0] = 1.0  # sample one row below: horizontal lines move up by one row
+    moved = deformation_grid(shift, spacing=8)
+    np.testing.assert_allclose(moved[7], 1.0, atol=1e-5)
+    np.testing.assert_allclose(moved[15], 0.0, atol=1e-5)  # samples row 16: outside, zero
+    assert moved[8, 3] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_save_png_is_rgb(tmp_path):
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    path = save_png(tmp_path / "sub" / "x.png", rgb)
+    back = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR
+    assert back[0, 0].tolist() == [0, 0, 255]
+    assert back[1, 1].tolist() == [0, 0, 0]

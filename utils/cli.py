@@ -1,0 +1,61 @@
+"""Command-line flags shared by the three top-level scripts (see ../shared/CLI.md)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = None,
+                    data_required: bool = True, several_exps: bool = False) -> None:
+    """--data-dir, --fold, --exp, --runs-dir, --device, --seed, --resize.
+
+    ``several_exps``: ``--exp`` takes one or more names (required); else one name
+    defaulting to ``exp_default``."""
+    parser.add_argument("--data-dir", required=data_required, default=None,
+                        help="dataset root holding Image/, Label/ and train_dict{1..5}.json")
+    parser.add_argument("--fold", default="1",
+                        help="fold to run: 1..5, or 'all' for the five folds in turn (default: 1)")
+    if several_exps:
+        parser.add_argument("--exp", required=True, nargs="+",
+                            help="experiment name(s) under RUNS; several are scored and shown side by side")
+    else:
+        parser.add_argument("--exp", default=exp_default,
+                            help=f"experiment name; outputs go to RUNS/NAME/fold<K>/ (default: {exp_default})")
+    parser.add_argument("--runs-dir", default="runs", help="root folder of all outputs (default: runs)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="compute device; auto = cuda when present (default: auto)")
+    parser.add_argument("--seed", type=int, default=3407, help="random seed (default: 3407)")
+    parser.add_argument("--resize", type=int, nargs=2, metavar=("W", "H"), default=None,
+                        help="process every image at W x H (needed when image sizes differ; default: "
+                             "native size)")
+
+
+def add_training_args(parser: argparse.ArgumentParser, epochs: int, iters: int, lr: float,
+                      keep: int = 10) -> None:
+    """--epochs, --iters, --lr, --batch-size, --resume, --overwrite, --keep-best, --workers,
+    --panel-every, --no-progress."""
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})")
+    parser.add_argument("--iters", type=int, default=iters,
+                        help=f"iterations per epoch; each draws random training patients (default: {iters})")
+    parser.add_argument("--lr", type=float, default=lr, help=f"learning rate (default: {lr:g})")
+    parser.add_argument("--batch-size", type=int, default=1, help="samples per iteration (default: 1)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from RUNS/NAME/fold<K>/last.pth (model, optimizer, epoch, RNG states)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the checkpoints and logs of an earlier run of the same --exp and fold "
+                             "(without it, such a folder is an error unless --resume)")
+    parser.add_argument("--keep-best", type=int, default=keep,
+                        help=f"how many best checkpoints to keep (default: {keep})")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="data-loader worker processes; 0 loads in the main process (default: 2)")
+    parser.add_argument("--panel-every", type=int, default=5,
+                        help="write a TensorBoard image panel every N epochs (default: 5)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Raise InputError if any named integer/float flag is not > 0."""
+    from utils.errors import InputError
+    for name in names:
+        value = getattr(args, name)
+        if value is None or value <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
