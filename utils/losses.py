@@ -1,0 +1,204 @@
+"""Image-similarity, regularisation and segmentation losses (METHOD.md sections 2 and 5).
+
+All functions take ``[B, C, H, W]`` tensors and follow the inputs' device. Half and
+bfloat16 inputs are promoted to float32 and autocast is switched off inside, so the
+small constants (SSIM's C1/C2, NCC's 1e-5, the Dice smoothing) keep their meaning under
+mixed precision; float64 stays float64.
+
+- :func:`ssim` / :func:`ssim_loss`: mean SSIM map, 11x11 Gaussian window (sigma 1.5),
+  C1 = 0.01^2, C2 = 0.03^2, zero padding so the map has the image size.
+- :func:`ncc_loss`: VoxelMorph-style local normalised cross-correlation.
+- :func:`smoothness_loss`: mean squared forward differences of a field.
+- :func:`soft_dice`: the project's one soft Dice (V-Net form), per batch item and channel.
+- :func:`dice_ce_loss`: ``(1 - mean soft Dice) + 0.5 * CE``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01 ** 2
+SSIM_C2 = 0.03 ** 2
+NCC_EPS = 1e-5
+DICE_SMOOTH = 1.0
+CE_WEIGHT = 0.5
+
+_WINDOW_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _no_autocast(device: torch.device):
+    """Context that disables autocast for ``device`` (a no-op where autocast is unsupported)."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # device type without autocast support
+        return contextlib.nullcontext()
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32, or float64 when any input is float64."""
+    dtype = torch.float32
+    for t in tensors:
+        if t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor, name: str) -> None:
+    if x.dim() != 4 or x.shape != y.shape:
+        raise ValueError(f"{name}: expected two [B, C, H, W] tensors of the same shape, "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
+def gaussian_window_1d(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
+                       device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian ``[size]`` centred on ``size // 2`` (sums to 1)."""
+    centre = size // 2
+    values = [math.exp(-((i - centre) ** 2) / (2.0 * sigma ** 2)) for i in range(size)]
+    total = sum(values)
+    return torch.tensor([v / total for v in values], dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def _ssim_windows(channels: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Separable Gaussian kernels ``[C, 1, 11, 1]`` and ``[C, 1, 1, 11]``, cached per device/dtype/C."""
+    key = (device, dtype, channels)
+    cached = _WINDOW_CACHE.get(key)
+    if cached is None:
+        g = gaussian_window_1d(SSIM_WINDOW, SSIM_SIGMA, device, dtype)
+        cached = (g.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
+                  g.view(1, 1, 1, -1).repeat(channels, 1, 1, 1))
+        _WINDOW_CACHE[key] = cached
+    return cached
+
+
+def _gaussian_filter(x: torch.Tensor, windows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per-channel 11x11 Gaussian filter, zero padding, same output size."""
+    col, row = windows
+    pad = SSIM_WINDOW // 2
+    channels = x.shape[1]
+    x = F.conv2d(x, col, padding=(pad, 0), groups=channels)
+    return F.conv2d(x, row, padding=(0, pad), groups=channels)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM map ``[B, C, H, W]`` of two ``[B, C, H, W]`` images in [0, 1].
+
+    Local statistics use an 11x11 Gaussian window (sigma 1.5) with zero padding at the
+    border (as the published code's ``conv2d(padding=5)``); population (biased)
+    variances; ``((2 mu_x mu_y + C1)(2 s_xy + C2)) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2))``.
+    """
+    _check_pair(x, y, "ssim")
+    dtype = _compute_dtype(x, y)
+    with _no_autocast(x.device):
+        x = x.to(dtype)
+        y = y.to(dtype)
+        windows = _ssim_windows(x.shape[1], x.device, dtype)
+        mu_x = _gaussian_filter(x, windows)
+        mu_y = _gaussian_filter(y, windows)
+        mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+        var_x = _gaussian_filter(x * x, windows) - mu_xx
+        var_y = _gaussian_filter(y * y, windows) - mu_yy
+        cov = _gaussian_filter(x * y, windows) - mu_xy
+        num = (2 * mu_xy + SSIM_C1) * (2 * cov + SSIM_C2)
+        den = (mu_xx + mu_yy + SSIM_C1) * (var_x + var_y + SSIM_C2)
+        return num / den
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of :func:`ssim_map` over batch, channels and pixels (scalar)."""
+    return ssim_map(x, y).mean()
+
+
+def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``1 - ssim(x, y)`` (scalar)."""
+    return 1.0 - ssim(x, y)
+
+
+def local_ncc_map(x: torch.Tensor, y: torch.Tensor, window: int = 9) -> torch.Tensor:
+    """Squared local correlation ``cc`` ``[B, C, H, W]`` (VoxelMorph definition).
+
+    With box sums over a ``window x window`` neighbourhood (zero padding, so the
+    neighbourhood size ``n = window^2`` is used everywhere, also at the border):
+    ``S_I = sum(I)``, ``S_J = sum(J)``, ``u_I = S_I / n``, ``u_J = S_J / n`` and
+
+    - ``cross = sum(IJ) - u_J * S_I - u_I * S_J + u_I * u_J * n``  (= sum(IJ) - S_I S_J / n)
+    - ``var_I = sum(I^2) - 2 u_I S_I + u_I^2 n``                 (= sum(I^2) - S_I^2 / n)
+    - ``var_J = sum(J^2) - 2 u_J S_J + u_J^2 n``
+    - ``cc = cross^2 / (var_I * var_J + 1e-5)``.
+    """
+    _check_pair(x, y, "ncc_loss")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"ncc_loss: window must be a positive odd integer, got {window}")
+    dtype = _compute_dtype(x, y)
+    with _no_autocast(x.device):
+        x = x.to(dtype)
+        y = y.to(dtype)
+        channels = x.shape[1]
+        box = torch.ones(channels, 1, window, window, device=x.device, dtype=dtype)
+        pad = window // 2
+
+        def box_sum(t: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(t, box, padding=pad, groups=channels)
+
+        n = float(window * window)
+        s_i, s_j = box_sum(x), box_sum(y)
+        s_ii, s_jj, s_ij = box_sum(x * x), box_sum(y * y), box_sum(x * y)
+        u_i, u_j = s_i / n, s_j / n
+        cross = s_ij - u_j * s_i - u_i * s_j + u_i * u_j * n
+        var_i = s_ii - 2 * u_i * s_i + u_i * u_i * n
+        var_j = s_jj - 2 * u_j * s_j + u_j * u_j * n
+        return cross * cross / (var_i * var_j + NCC_EPS)
+
+
+def ncc_loss(x: torch.Tensor, y: torch.Tensor, window: int = 9) -> torch.Tensor:
+    """``1 - mean(local_ncc_map(x, y, window))`` (scalar); 0 for locally linearly related images."""
+    return 1.0 - local_ncc_map(x, y, window).mean()
+
+
+def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:
+    """``(mean(dx^2) + mean(dy^2)) / 2`` with forward differences of ``flow`` ``[B, 2, H, W]``."""
+    if flow.dim() != 4:
+        raise ValueError(f"smoothness_loss: expected [B, 2, H, W], got {tuple(flow.shape)}")
+    dy = flow[:, :, 1:, :] - flow[:, :, :-1, :]
+    dx = flow[:, :, :, 1:] - flow[:, :, :, :-1]
+    return ((dx * dx).mean() + (dy * dy).mean()) / 2.0
+
+
+def soft_dice(probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """V-Net soft Dice ``[B, C]``: ``(2 sum(y p) + 1) / (sum(y^2) + sum(p^2) + 1)``.
+
+    ``probs`` and ``onehot`` are ``[B, C, H, W]``; sums run over the spatial dims, one
+    value per batch item and channel. The project's one soft Dice.
+    """
+    if probs.shape != onehot.shape or probs.dim() < 3:
+        raise ValueError(f"soft_dice: expected two [B, C, H, W] tensors of the same shape, "
+                         f"got {tuple(probs.shape)} and {tuple(onehot.shape)}")
+    onehot = onehot.to(probs.dtype)
+    dims = tuple(range(2, probs.dim()))
+    inter = (onehot * probs).sum(dims)
+    denom = (onehot * onehot).sum(dims) + (probs * probs).sum(dims)
+    return (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)
+
+
+def dice_ce_loss(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """``(1 - mean_{b,c} soft_dice(softmax(logits), onehot)) + 0.5 * CE`` (scalar).
+
+    ``logits`` ``[B, C, H, W]``; ``onehot`` ``[B, C, H, W]`` (target class = argmax over C).
+    CE is unweighted, averaged over all pixels. Computed in float32 (float64 stays
+    float64) with autocast disabled.
+    """
+    if logits.shape != onehot.shape or logits.dim() != 4:
+        raise ValueError(f"dice_ce_loss: expected logits and one-hot [B, C, H, W] of the same shape, "
+                         f"got {tuple(logits.shape)} and {tuple(onehot.shape)}")
+    dtype = _compute_dtype(logits)
+    with _no_autocast(logits.device):
+        logits = logits.to(dtype)
+        target = onehot.to(dtype)
+        dice = soft_dice(torch.softmax(logits, dim=1), target).mean()
+        ce = F.cross_entropy(logits, target.argmax(dim=1))
+        return (1.0 - dice) + CE_WEIGHT * ce
