@@ -1,0 +1,248 @@
+"""Test trained models on each fold's test patients, or segment new images.
+
+    python 5fold_Test_Reg_or_Seg.py --mode seg --data-dir D --fold all --exp SEG SUP [--save-images]
+    python 5fold_Test_Reg_or_Seg.py --mode reg --data-dir D --fold all --exp REG [--save-images]
+    python 5fold_Test_Reg_or_Seg.py --mode predict --exp SEG --fold all --input IMG_DIR --output OUT_DIR
+
+seg/reg write RUNS/EXP/test/per_image.csv (per_pair.csv) and summary.csv and
+print a table; predict writes OUT_DIR/masks/, OUT_DIR/overlays/ and
+OUT_DIR/gland_area.csv. Each fold's model is its best checkpoint on val
+(best.json), never one chosen on test.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataloaders.dataset import IMAGE_EXTS, DatasetFolder, parse_folds, read_image
+from dataloaders.fold_data import open_fold
+from dataloaders.registration_data import RegistrationPairSet
+from dataloaders.segmentation_data import SegmentationEvalSet
+from networks.loading import load_network
+from networks.registration_net import RegistrationNet
+from networks.segmentation_net import SegmentationNet
+from utils.cli import add_common_args
+from utils.errors import InputError, run_cli
+from utils.evaluation import evaluate_registration, evaluate_segmentation, segment_probabilities
+from utils.metrics import summarise
+from utils.training import find_best_checkpoint, run_dir_for, select_device, use_amp
+from utils.visualise import deformation_grid, image_grid_panel, overlay_mask, save_png, tp_fp_fn_overlay
+
+SEG_COLUMNS = ["name", "patient", "fold", "iou", "dice", "hd95", "recall", "accuracy", "hd95_empty"]
+SEG_METRICS = ["iou", "dice", "hd95", "recall", "accuracy"]
+REG_COLUMNS = ["moving", "fixed", "patient", "fold", "affine_iou", "affine_dice", "affine_recall",
+               "iou", "dice", "recall", "folding_fraction", "jacobian_mean"]
+REG_METRICS = ["affine_iou", "affine_dice", "affine_recall", "iou", "dice", "recall",
+               "folding_fraction", "jacobian_mean"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Score each fold's best (on val) segmentation or registration checkpoint on that "
+                    "fold's test patients, or segment new images with one fold or a 5-fold ensemble.")
+    parser.add_argument("--mode", required=True, choices=("seg", "reg", "predict"),
+                        help="seg: segmentation metrics per test image; reg: warped-mask metrics per "
+                             "ordered test pair; predict: masks for the images in --input")
+    add_common_args(parser, data_required=False, several_exps=True)
+    parser.add_argument("--checkpoint", default=None,
+                        help="score this checkpoint file instead of the fold's best (one fold, one exp)")
+    parser.add_argument("--pixel-size", type=float, default=1.0,
+                        help="HD95 unit: physical size of a pixel (default: 1 = pixels)")
+    parser.add_argument("--save-images", action="store_true",
+                        help="seg: TP/FP/FN overlay PNG per test image; reg: panel PNG per test pair "
+                             "(under RUNS/EXP/test/images/)")
+    parser.add_argument("--input", default=None, help="predict: folder of images to segment")
+    parser.add_argument("--output", default=None, help="predict: folder for masks, overlays, gland_area.csv")
+    parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
+                        help="mixed precision: auto = on with CUDA only (default: auto)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _fmt(row.get(key, "")) for key in columns})
+
+
+def _fmt(value):
+    return f"{value:.6f}" if isinstance(value, float) else value
+
+
+def summary_rows(rows: list[dict], metrics: list[str], folds: list[int]) -> list[dict]:
+    """One row per fold and one ``all`` row (pooled over every image/pair of every fold)."""
+    out = []
+    for k in folds:
+        fold_rows = [r for r in rows if r["fold"] == k]
+        out.append({"fold": k, **summarise(fold_rows, metrics), **_empty_count(fold_rows)})
+    out.append({"fold": "all", **summarise(rows, metrics), **_empty_count(rows)})
+    return out
+
+
+def _empty_count(rows: list[dict]) -> dict:
+    if rows and "hd95_empty" in rows[0]:
+        return {"hd95_empty_cases": sum(1 for r in rows if r["hd95_empty"])}
+    return {}
+
+
+def summary_columns(metrics: list[str], rows: list[dict]) -> list[str]:
+    columns = ["fold", "n"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    return columns + (["hd95_empty_cases"] if "hd95_empty_cases" in rows[0] else [])
+
+
+def checkpoint_for(args: argparse.Namespace, exp: str, k: int, trainer: str) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    return find_best_checkpoint(run_dir_for(args.runs_dir, exp, k),
+                                hint=f"python {trainer} --data-dir {args.data_dir} --fold {k} --exp {exp}")
+
+
+def print_table(title: str, table: list[tuple[str, dict]], metrics: list[str]) -> None:
+    """Rows = experiments (or folds), columns = metric mean +- std."""
+    header = f"{'':<14}" + "".join(f"{m:>20}" for m in metrics)
+    print(f"\n{title}\n{header}")
+    for label, summary in table:
+        cells = "".join(f"{summary[f'{m}_mean']:>11.4f} +-{summary[f'{m}_std']:>7.4f}" for m in metrics)
+        print(f"{label:<14}{cells}")
+
+
+def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
+    amp = use_amp(args.amp, device)
+    folder = DatasetFolder(args.data_dir, resize=args.resize)
+    table = []
+    for exp in args.exp:
+        out_dir = Path(args.runs_dir) / exp / "test"
+        rows = []
+        for k in folds:
+            data = open_fold(args.data_dir, k, folder=folder, need_prealign=False)
+            path = checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py")
+            net, _ = load_network(path, SegmentationNet(), device)
+            images = SegmentationEvalSet(data.folder, data.fold.test)
+            save = _overlay_saver(out_dir / "images") if args.save_images else None
+            rows += evaluate_segmentation(net, images, device, k, amp=amp, pixel_size=args.pixel_size,
+                                          progress=not args.no_progress, keep_outputs=save)
+        write_csv(out_dir / "per_image.csv", rows, SEG_COLUMNS)
+        summary = summary_rows(rows, SEG_METRICS, folds)
+        write_csv(out_dir / "summary.csv", summary, summary_columns(SEG_METRICS, summary))
+        empties = summary[-1]["hd95_empty_cases"]
+        print(f"{exp}: {len(rows)} test images -> {out_dir / 'per_image.csv'}, {out_dir / 'summary.csv'}"
+              + (f"; HD95 empty-mask cases: {empties} (both empty = 0, one empty = image diagonal)"
+                 if empties else ""))
+        table.append((exp, summary[-1]))
+    print_table(f"Test set, folds {','.join(map(str, folds))} (mean +- std over images; HD95 in "
+                f"{'pixels' if args.pixel_size == 1 else 'units of --pixel-size'})", table, SEG_METRICS)
+
+
+def _overlay_saver(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(batch: dict, pred: np.ndarray) -> None:
+        image = batch["image"][0, 0].numpy()
+        gt = batch["label"][0].argmax(0).numpy().astype(bool)
+        save_png(folder / f"{batch['name'][0]}.png", tp_fp_fn_overlay(image, pred, gt))
+    return save
+
+
+def test_registration(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
+    folder = DatasetFolder(args.data_dir, resize=args.resize)
+    table = []
+    for exp in args.exp:
+        out_dir = Path(args.runs_dir) / exp / "test"
+        rows = []
+        for k in folds:
+            data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
+            path = checkpoint_for(args, exp, k, "5fold_Train_Reg.py")
+            net, _ = load_network(path, RegistrationNet(), device)
+            pairs = RegistrationPairSet(data.folder, data.fold.test, data.prealign)
+            save = _panel_saver(out_dir / "images") if args.save_images else None
+            rows += evaluate_registration(net, pairs, device, k, progress=not args.no_progress,
+                                          keep_outputs=save)
+        write_csv(out_dir / "per_pair.csv", rows, REG_COLUMNS)
+        summary = summary_rows(rows, REG_METRICS, folds)
+        write_csv(out_dir / "summary.csv", summary, summary_columns(REG_METRICS, summary))
+        print(f"{exp}: {len(rows)} test pairs -> {out_dir / 'per_pair.csv'}, {out_dir / 'summary.csv'}")
+        table.append((exp, summary[-1]))
+    print_table(f"Registration on test pairs, folds {','.join(map(str, folds))} (mean +- std over pairs)",
+                table, REG_METRICS)
+
+
+def _panel_saver(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(batch: dict, outputs: dict) -> None:
+        fixed = batch["fixed"][0, 0]
+        panel = image_grid_panel([batch["moving"][0, 0], fixed, batch["moving_aligned"][0, 0],
+                                  outputs["warped"][0, 0],
+                                  overlay_mask(fixed, outputs["warped_label"][0, 1] > 0.5),
+                                  deformation_grid(outputs["flow"][0])])
+        name = f"{batch['moving_name'][0]}__to__{batch['fixed_name'][0]}.png"
+        save_png(folder / name, panel.permute(1, 2, 0))
+    return save
+
+
+def predict(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
+    if not args.input or not args.output:
+        raise InputError("--mode predict needs --input IMG_DIR and --output OUT_DIR")
+    if len(args.exp) != 1:
+        raise InputError("--mode predict takes one --exp (its folds form the ensemble)")
+    in_dir, out_dir = Path(args.input), Path(args.output)
+    if not in_dir.is_dir():
+        raise InputError(f"--input {in_dir} is not a folder")
+    files = sorted(p for p in in_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:
+        raise InputError(f"--input {in_dir} holds no images ({', '.join(IMAGE_EXTS)})")
+    amp = use_amp(args.amp, device)
+    nets = []
+    for k in folds:
+        path = checkpoint_for(args, args.exp[0], k, "5fold_Train_SS_MGS.py")
+        net, state = load_network(path, SegmentationNet(), device)
+        nets.append((net, (state.get("args") or {}).get("resize")))
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in tqdm(files, desc="predict", disable=args.no_progress):
+        image = read_image(path)
+        height, width = image.shape
+        probs = np.zeros((height, width), np.float64)
+        for net, resize in nets:
+            work = cv2.resize(image, tuple(resize), interpolation=cv2.INTER_LINEAR) if resize else image
+            gland = segment_probabilities(net, torch.from_numpy(work)[None, None].to(device), amp)[0, 1]
+            gland = gland.cpu().numpy()
+            if resize:
+                gland = cv2.resize(gland, (width, height), interpolation=cv2.INTER_LINEAR)
+            probs += gland / len(nets)
+        mask = probs > 0.5
+        cv2.imwrite(str(out_dir / "masks" / f"{path.stem}.png"), mask.astype(np.uint8) * 255)
+        save_png(out_dir / "overlays" / f"{path.stem}.png", overlay_mask(image, mask))
+        rows.append({"name": path.stem, "height": height, "width": width, "gland_pixels": int(mask.sum()),
+                     "gland_fraction": float(mask.mean())})
+    write_csv(out_dir / "gland_area.csv", rows, ["name", "height", "width", "gland_pixels", "gland_fraction"])
+    print(f"{len(rows)} images segmented with {len(nets)} fold model(s) -> {out_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.mode != "predict" and not args.data_dir:
+        raise InputError(f"--mode {args.mode} needs --data-dir")
+    if not math.isfinite(args.pixel_size) or args.pixel_size <= 0:
+        raise InputError(f"--pixel-size must be > 0, got {args.pixel_size}")
+    folds = parse_folds(args.fold)
+    if args.checkpoint and (len(folds) > 1 or len(args.exp) > 1):
+        raise InputError("--checkpoint scores one file: use it with one --fold and one --exp")
+    device = select_device(args.device)
+    {"seg": test_segmentation, "reg": test_registration, "predict": predict}[args.mode](args, folds, device)
+
+
+if __name__ == "__main__":
+    run_cli(main)

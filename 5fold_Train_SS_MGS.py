@@ -1,0 +1,240 @@
+"""Train the semi-supervised segmenter with RSGM + RNSF (METHOD.md sections 3-6), per fold.
+
+    python 5fold_Train_SS_MGS.py --data-dir Datasets/Demo --fold 1 --exp SEG --reg-exp REG
+
+`--no-rsgm --no-rnsf` trains the supervised-only baseline on the Atlas images
+with the same network and schedule. Outputs in RUNS/EXP/fold<K>/ as for the
+registration trainer (best_*.pth by val IoU, best.json, last.pth, events).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataloaders.dataset import DatasetFolder, parse_folds
+from dataloaders.fold_data import open_fold
+from dataloaders.segmentation_data import SegmentationEvalSet, SegmentationTrainSet
+from networks.loading import freeze, load_network
+from networks.registration_net import RegistrationNet
+from networks.rsgm import RegistrationOutputCache, rsgm_generate, sample_coefficients
+from networks.segmentation_net import SegmentationNet
+from utils.cli import add_common_args, add_training_args, check_positive
+from utils.errors import InputError, run_cli
+from utils.evaluation import evaluate_segmentation
+from utils.losses import dice_ce_loss
+from utils.metrics import summarise
+from utils.rnsf import rnsf_loss
+from utils.training import (check_finite, CheckpointManager, find_best_checkpoint, make_writer,
+                            prepare_run_dir, ramp_up, restore_rng_state, rng_state, run_dir_for,
+                            seed_everything, seed_worker, select_device, use_amp)
+from utils.visualise import image_grid_panel
+
+VAL_KEYS = ("iou", "dice", "recall", "accuracy", "hd95")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train the UNet segmenter with registration sampling generation (RSGM) and "
+                    "reliable-negative contrastive feature supervision (RNSF), for one fold or all "
+                    "five. Needs the fold's registration checkpoint (5fold_Train_Reg.py). Defaults "
+                    "reproduce the paper.")
+    add_common_args(parser, exp_default="SEG")
+    add_training_args(parser, epochs=50, iters=200, lr=1e-3)
+    parser.add_argument("--reg-exp", default="REG",
+                        help="registration experiment whose best checkpoint of the same fold is loaded "
+                             "from RUNS/REG_EXP/fold<K>/ (default: REG)")
+    parser.add_argument("--reg-checkpoint", default=None,
+                        help="explicit registration checkpoint file (overrides --reg-exp; with --fold all "
+                             "the same file serves every fold)")
+    parser.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay (default: 1e-6)")
+    parser.add_argument("--t-max", type=int, default=100,
+                        help="cosine schedule period in epochs, stepped per epoch (default: 100)")
+    parser.add_argument("--eta-min", type=float, default=1e-4, help="cosine schedule floor lr (default: 1e-4)")
+    parser.add_argument("--rs-weight", type=float, default=0.5,
+                        help="L_rs = RS_WEIGHT * (DiceCE(g1) + DiceCE(g2)) (default: 0.5)")
+    parser.add_argument("--rnsf-weight", type=float, default=0.1,
+                        help="weight of L_rnsf, times the ramp-up (default: 0.1)")
+    parser.add_argument("--ramp-length", type=int, default=50,
+                        help="epochs of the exp(-5(1-e/L)^2) ramp-up of the RNSF weight (default: 50)")
+    parser.add_argument("--temperature", type=float, default=0.1, help="RNSF temperature (default: 0.1)")
+    parser.add_argument("--negatives", type=int, default=250, help="RNSF negatives per anchor K (default: 250)")
+    parser.add_argument("--negative-mode", default="reliable", choices=("reliable", "random", "mean"),
+                        help="RNSF negative choice: the K most confident of the other class, K random "
+                             "ones, or their mean (default: reliable)")
+    parser.add_argument("--coefficients", default="uniform", choices=("uniform", "beta"),
+                        help="RSGM alpha, beta ~ Uniform(0,1) or Beta(0.3,0.3) as in BRBS (default: uniform)")
+    parser.add_argument("--no-rsgm", action="store_true",
+                        help="drop the L_rs term (generated images are still made for RNSF when it is on)")
+    parser.add_argument("--no-rnsf", action="store_true", help="drop the L_rnsf term")
+    parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
+                        help="mixed precision: auto = on with CUDA only (default: auto)")
+    return parser
+
+
+def load_registration_net(args: argparse.Namespace, k: int, device: torch.device) -> RegistrationNet:
+    """The fold's frozen registration net (eval mode, no gradients)."""
+    path = args.reg_checkpoint or find_best_checkpoint(
+        run_dir_for(args.runs_dir, args.reg_exp, k),
+        hint=f"python 5fold_Train_Reg.py --data-dir {args.data_dir} --fold {k} --exp {args.reg_exp}")
+    net, _ = load_network(path, RegistrationNet(), device)
+    print(f"fold {k}: registration network from {path}")
+    return freeze(net)
+
+
+def split_outputs(outputs: dict[str, torch.Tensor], sizes: list[int]) -> list[dict[str, torch.Tensor]]:
+    """Split a batched network output dict into one dict per input group."""
+    parts = {name: torch.split(value, sizes) for name, value in outputs.items()}
+    return [{name: parts[name][i] for name in outputs} for i in range(len(sizes))]
+
+
+def log_panel(writer, tensors: dict[str, torch.Tensor], epoch: int) -> None:
+    """x_l, g1, g2, y_g, u_neg and predictions of the last training batch."""
+    row = [tensors[n][0, 0].detach().float().cpu().clamp(0, 1) for n in tensors]
+    writer.add_image("train/panel " + "|".join(tensors), image_grid_panel(row), epoch)
+
+
+def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: DatasetFolder | None) -> dict:
+    progress = not args.no_progress
+    semi = not (args.no_rsgm and args.no_rnsf)
+    amp = use_amp(args.amp, device)
+    data = open_fold(args.data_dir, k, resize=args.resize, folder=folder, progress=progress)
+    run_dir = prepare_run_dir(run_dir_for(args.runs_dir, args.exp, k), args.resume, args.overwrite)
+
+    seed_everything(args.seed + k)
+    train_set = SegmentationTrainSet(data.folder, data.fold.train, data.prealign,
+                                     args.iters * args.batch_size, args.seed + k)
+    val_set = SegmentationEvalSet(data.folder, data.fold.val)
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                        worker_init_fn=seed_worker, persistent_workers=args.workers > 0, drop_last=True)
+    cache = None
+    if semi:
+        reg_net = load_registration_net(args, k, device)
+        cache = RegistrationOutputCache(reg_net, data.folder, data.fold.train, data.prealign, device,
+                                        progress=progress)
+        del reg_net
+
+    net = SegmentationNet().to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.t_max, eta_min=args.eta_min)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    coefficient_rng = torch.Generator().manual_seed(args.seed + k)
+    checkpoints = CheckpointManager(run_dir, keep=args.keep_best)
+    writer = make_writer(run_dir)
+    start_epoch, best_score = 0, -np.inf
+    if args.resume:
+        state = checkpoints.load_last(map_location=device)
+        if state is None:
+            print(f"fold {k}: no {run_dir / 'last.pth'} to resume from; starting from scratch")
+        else:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            coefficient_rng.set_state(state["coefficient_rng"])
+            start_epoch, best_score = state["epoch"] + 1, state.get("best_score", -np.inf)
+            restore_rng_state(state["rng"])
+            print(f"fold {k}: resumed from {run_dir / 'last.pth'} at epoch {start_epoch}")
+
+    net.train()
+    step = start_epoch * args.iters
+    summary = {}
+    for epoch in range(start_epoch, args.epochs):
+        train_set.set_epoch(epoch)
+        ramp = ramp_up(epoch, args.ramp_length)
+        started = time.time()
+        bar = tqdm(loader, desc=f"fold {k} epoch {epoch + 1}/{args.epochs}", disable=not progress)
+        for it, batch in enumerate(bar):
+            x_l, y_l = batch["x_l"].to(device), batch["y_l"].to(device)
+            groups = {"x_l": x_l}
+            if semi:
+                w_u1, phi_u2 = cache.get(batch["atlas_name"], batch["u1_name"], batch["u2_name"], device)
+                alpha, beta = sample_coefficients(x_l.shape[0], args.coefficients, coefficient_rng, device)
+                g1, g2, y_g = rsgm_generate(x_l, y_l, w_u1, phi_u2, alpha, beta)
+                groups.update(g1=g1, g2=g2)
+            if not args.no_rnsf:
+                groups["u_neg"] = batch["u_neg"].to(device)
+            inputs = torch.cat(list(groups.values()))
+            with torch.autocast(device_type=device.type, enabled=amp):
+                outputs = net(inputs)
+            out = dict(zip(groups, split_outputs(outputs, [t.shape[0] for t in groups.values()])))
+            terms = {"seg": dice_ce_loss(out["x_l"]["out"], y_l) + dice_ce_loss(out["x_l"]["level2"], y_l)}
+            total = terms["seg"]
+            if not args.no_rsgm:
+                terms["rs_g1"] = dice_ce_loss(out["g1"]["out"], y_g)
+                terms["rs_g2"] = dice_ce_loss(out["g2"]["out"], y_g)
+                terms["rs"] = args.rs_weight * (terms["rs_g1"] + terms["rs_g2"])
+                total = total + terms["rs"]
+            if not args.no_rnsf:
+                terms["rnsf"] = rnsf_loss(out["g1"]["project"].float(), out["g2"]["project"].float(),
+                                          out["g1"]["project_map"].float(), out["u_neg"]["project"].float(),
+                                          out["u_neg"]["project_map"].float(), temperature=args.temperature,
+                                          k=args.negatives, mode=args.negative_mode,
+                                          generator=coefficient_rng)
+                total = total + args.rnsf_weight * ramp * terms["rnsf"]
+            terms["total"] = total
+            check_finite(terms, epoch + 1, it + 1, f"last good checkpoint: {run_dir / 'last.pth'}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            for name, value in terms.items():
+                writer.add_scalar(f"train/{name}", value.item(), step)
+            bar.set_postfix(loss=f"{total.item():.4f}")
+        writer.add_scalar("train/rnsf_ramp_weight", args.rnsf_weight * ramp, epoch + 1)
+        writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], epoch + 1)
+        if args.panel_every > 0 and ((epoch + 1) % args.panel_every == 0 or epoch + 1 == args.epochs):
+            panel = {"x_l": x_l, "pred_x_l": out["x_l"]["out"].argmax(1, keepdim=True).float()}
+            if semi:
+                panel.update(g1=g1, g2=g2, y_g=y_g[:, 1:],
+                             pred_g1=out["g1"]["out"].argmax(1, keepdim=True).float())
+            if "u_neg" in groups:
+                panel["u_neg"] = groups["u_neg"]
+            log_panel(writer, panel, epoch + 1)
+        scheduler.step()
+
+        rows = evaluate_segmentation(net, val_set, device, k, amp=amp, progress=progress)
+        summary = summarise(rows, list(VAL_KEYS))
+        empties = sum(1 for r in rows if r["hd95_empty"])
+        for key in VAL_KEYS:
+            writer.add_scalar(f"val/{key}", summary[f"{key}_mean"], epoch + 1)
+        writer.add_scalar("val/hd95_empty_cases", empties, epoch + 1)
+        score = summary["iou_mean"]
+        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                 "score": score, "args": vars(args), "fold": k, "kind": "segmentation"}
+        if checkpoints.maybe_save_best(state, score, epoch + 1):
+            best_score = max(best_score, score)
+        writer.add_scalar("val/best_iou", best_score, epoch + 1)
+        state.update(rng=rng_state(), best_score=best_score, coefficient_rng=coefficient_rng.get_state())
+        checkpoints.save_last(state)
+        writer.flush()
+        print(f"fold {k} epoch {epoch + 1}: val IoU {summary['iou_mean']:.4f} Dice {summary['dice_mean']:.4f} "
+              f"HD95 {summary['hd95_mean']:.2f} (empty-mask cases {empties}; best IoU {best_score:.4f}) "
+              f"[{time.time() - started:.0f}s]")
+    writer.close()
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    check_positive(args, "epochs", "iters", "lr", "batch_size", "keep_best", "temperature", "negatives",
+                   "t_max")
+    if args.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    folds = parse_folds(args.fold)
+    device = select_device(args.device)
+    use_amp(args.amp, device)
+    folder = DatasetFolder(args.data_dir, resize=args.resize)
+    for k in folds:
+        train_fold(args, k, device, folder)
+
+
+if __name__ == "__main__":
+    run_cli(main)

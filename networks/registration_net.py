@@ -1,0 +1,73 @@
+"""The registration network (METHOD.md section 2): a UNet with SE + PAM decoder attention.
+
+``RegistrationNet()(moving, fixed)`` takes images ``[B, 1, H, W]`` (any H, W) and
+returns the flow ``[B, 2, H, W]`` in pixels (channel 0 = row, 1 = column) such that
+``warp(moving, flow) ~ fixed`` once trained (``networks.spatial_transformer.warp``).
+
+Input ``cat([fixed, moving])`` is zero-padded symmetrically to a multiple of 16
+(:func:`symmetric_padding`) and the flow cropped from the SAME region (**deviation**:
+the published code crops the top-left corner, shifting the flow).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from networks.blocks import ConvBlock, Down, Up
+
+MULTIPLE = 16
+ENCODER_CHANNELS = (16, 32, 64, 128, 256)
+
+
+def symmetric_padding(height: int, width: int, multiple: int = MULTIPLE) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` zero padding that makes ``H, W`` multiples of
+    ``multiple``; the odd pixel goes to the bottom / right."""
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    return pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2
+
+
+class RegistrationNet(nn.Module):
+    """UNet 16-32-64-128-256 down, 128-64-32-16 up; up-blocks 1-2: SE then PAM, 3: SE, 4: plain.
+
+    ``attention_impl`` chooses how PAM computes its attention (see
+    ``networks.blocks.attention``; ``"reference"`` materialises the ``(HW)^2`` matrix,
+    for benchmarks only). The final 1x1 conv starts near zero (normal, std 1e-5;
+    bias 0), so the initial flow is ~0.
+    """
+
+    def __init__(self, attention_impl: str = "auto") -> None:
+        super().__init__()
+        c1, c2, c3, c4, c5 = ENCODER_CHANNELS
+        self.inc = ConvBlock(2, c1)
+        self.down1 = Down(c1, c2)
+        self.down2 = Down(c2, c3)
+        self.down3 = Down(c3, c4)
+        self.down4 = Down(c4, c5)
+        self.up1 = Up(c5, c4, c4, attention="se+pam", attention_impl=attention_impl)
+        self.up2 = Up(c4, c3, c3, attention="se+pam", attention_impl=attention_impl)
+        self.up3 = Up(c3, c2, c2, attention="se")
+        self.up4 = Up(c2, c1, c1, attention=None)
+        self.flow = nn.Conv2d(c1, 2, 1)
+        nn.init.normal_(self.flow.weight, std=1e-5)
+        nn.init.zeros_(self.flow.bias)
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """``moving, fixed [B, 1, H, W]`` -> flow ``[B, 2, H, W]`` (pixels, row first)."""
+        if moving.shape != fixed.shape or moving.dim() != 4:
+            raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} "
+                             f"must both be [B, 1, H, W]")
+        height, width = moving.shape[-2:]
+        top, bottom, left, right = symmetric_padding(height, width)
+        x = F.pad(torch.cat([fixed, moving], dim=1), (left, right, top, bottom))
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x4 = self.down3(x3)
+        x = self.down4(x4)
+        x = self.up1(x, x4)
+        x = self.up2(x, x3)
+        x = self.up3(x, x2)
+        x = self.up4(x, x1)
+        flow = self.flow(x)
+        return flow[..., top:top + height, left:left + width].contiguous()

@@ -1,0 +1,100 @@
+"""The segmentation network (METHOD.md section 4): UNet with deep-supervision heads and a projector.
+
+``SegmentationNet()(x)`` takes images ``[B, 1, H, W]`` (any H, W) and returns a dict:
+
+- ``"out"``: logits ``[B, 2, H, W]`` of the last decoder level (full resolution);
+- ``"level1"``, ``"level2"``, ``"level3"``: logits of the heads on the 1/8, 1/4 and
+  1/2-scale decoder levels, each resized to ``[B, 2, H, W]`` (``"level2"`` is the
+  deep-supervision output of the loss; the other two are returned for completeness);
+- ``"project"``: ``[B, proj_dim, h4, w4]`` raw projector output (1x1 conv, PReLU,
+  1x1 conv) on the 1/4-scale decoder features (not normalised);
+- ``"project_map"``: ``"out"`` resized to ``[B, 2, h4, w4]``.
+
+Sizes: the input is resized (bilinear, ``align_corners=False``) to ``Hr x Wr``, the
+multiples of 16 at or above ``H x W``; every head output is resized back to
+``H x W`` the same way. The 1/4 scale is defined on the ORIGINAL size:
+``h4, w4 = max(1, H // 4), max(1, W // 4)``; the 1/4-scale decoder features
+(``Hr/4 x Wr/4``) are resized to ``h4 x w4`` BEFORE the projector, so every
+projected vector is the projection of one (interpolated) feature vector. When
+``H, W`` are multiples of 16 no resizing happens at all.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from networks.blocks import ConvBlock, Down, Up
+
+MULTIPLE = 16
+ENCODER_CHANNELS = (16, 32, 64, 128, 256)
+
+
+def padded_size(height: int, width: int, multiple: int = MULTIPLE) -> tuple[int, int]:
+    """The smallest multiples of ``multiple`` at or above ``(H, W)``."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def quarter_size(height: int, width: int) -> tuple[int, int]:
+    """Size ``(h4, w4)`` of ``"project"`` / ``"project_map"`` for an ``H x W`` input."""
+    return max(1, height // 4), max(1, width // 4)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class SegmentationNet(nn.Module):
+    """UNet 16-32-64-128-256 / 128-64-32-16 (no attention) with a 1x1 head per decoder level."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, proj_dim: int = 64) -> None:
+        super().__init__()
+        c1, c2, c3, c4, c5 = ENCODER_CHANNELS
+        self.inc = ConvBlock(in_channels, c1)
+        self.down1 = Down(c1, c2)
+        self.down2 = Down(c2, c3)
+        self.down3 = Down(c3, c4)
+        self.down4 = Down(c4, c5)
+        self.up1 = Up(c5, c4, c4)
+        self.up2 = Up(c4, c3, c3)
+        self.up3 = Up(c3, c2, c2)
+        self.up4 = Up(c2, c1, c1)
+        self.head1 = nn.Conv2d(c4, num_classes, 1)
+        self.head2 = nn.Conv2d(c3, num_classes, 1)
+        self.head3 = nn.Conv2d(c2, num_classes, 1)
+        self.head_out = nn.Conv2d(c1, num_classes, 1)
+        self.projector = nn.Sequential(nn.Conv2d(c3, c3, 1), nn.PReLU(), nn.Conv2d(c3, proj_dim, 1))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.GroupNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x [B, in_channels, H, W]`` -> dict (see the module docstring)."""
+        if x.dim() != 4:
+            raise ValueError(f"input must be [B, C, H, W], got {tuple(x.shape)}")
+        size = tuple(x.shape[-2:])
+        quarter = quarter_size(*size)
+        x1 = self.inc(_resize(x, padded_size(*size)))
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x4 = self.down3(x3)
+        d1 = self.up1(self.down4(x4), x4)
+        d2 = self.up2(d1, x3)
+        d3 = self.up3(d2, x2)
+        d4 = self.up4(d3, x1)
+        out = _resize(self.head_out(d4), size)
+        return {
+            "out": out,
+            "level1": _resize(self.head1(d1), size),
+            "level2": _resize(self.head2(d2), size),
+            "level3": _resize(self.head3(d3), size),
+            "project": self.projector(_resize(d2, quarter)),
+            "project_map": _resize(out, quarter),
+        }

@@ -1,0 +1,349 @@
+"""networks.blocks, networks.registration_net, networks.segmentation_net."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import networks.blocks as blocks
+from networks.blocks import (ConvBlock, Down, PositionAttention, SqueezeExcitation, Up, attention,
+                             attention_reference)
+from networks.registration_net import RegistrationNet, symmetric_padding
+from networks.segmentation_net import SegmentationNet, quarter_size
+
+
+def _randn(*shape, seed=0, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def capture(store: dict, key: str, which: str = "out"):
+    """Forward hook storing the module's first input or its output under ``key`` (returns None,
+    so the output is left alone)."""
+    def hook(module, inputs, output):
+        store[key] = inputs[0] if which == "in" else output
+    return hook
+
+
+def naive_pam(pam: PositionAttention, x: torch.Tensor) -> torch.Tensor:
+    """DANet PAM written out with einsum from the module's weights (materialises N x N)."""
+    def conv1x1(conv, t):
+        return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], t) + conv.bias[None, :, None, None]
+    b, c, h, w = x.shape
+    q = conv1x1(pam.query, x).flatten(2)    # [B, C/8, N]
+    k = conv1x1(pam.key, x).flatten(2)      # [B, C/8, N]
+    v = conv1x1(pam.value, x).flatten(2)    # [B, C, N]
+    energy = torch.einsum("bdi,bdj->bij", q, k)  # no 1/sqrt(d)
+    attn = torch.softmax(energy, dim=-1)         # over key positions j
+    out = torch.einsum("bij,bcj->bci", attn, v).reshape(b, c, h, w)
+    return pam.gamma * out + x
+
+
+# ---------------------------------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("impl", ["chunked", "sdpa"])
+def test_attention_matches_reference_values_and_gradients(impl, monkeypatch):
+    monkeypatch.setattr(blocks, "CHUNK_ELEMENTS", 16 * 70)  # 16 rows per block: 5 blocks, last one partial
+    q = _randn(2, 1, 70, 6, seed=1, scale=0.8).requires_grad_()
+    k = _randn(2, 1, 70, 6, seed=2, scale=0.8).requires_grad_()
+    v = _randn(2, 1, 70, 11, seed=3).requires_grad_()
+    grad = _randn(2, 1, 70, 11, seed=4)
+    out = attention(q, k, v, impl=impl)
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    expected = attention_reference(q, k, v)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_reference_is_unscaled_softmax():
+    q, k, v = _randn(1, 1, 5, 3, seed=5), _randn(1, 1, 5, 3, seed=6), _randn(1, 1, 5, 2, seed=7)
+    weights = torch.exp(q[0, 0] @ k[0, 0].T)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(attention_reference(q, k, v)[0, 0], weights @ v[0, 0])
+
+
+def test_chunked_attention_is_stable_for_large_scores():
+    q = _randn(1, 1, 40, 4, seed=8, scale=30.0)
+    k = _randn(1, 1, 40, 4, seed=9, scale=30.0)
+    v = _randn(1, 1, 40, 8, seed=10)
+    out = attention(q, k, v, impl="chunked")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, attention_reference(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_rejects_unknown_impl():
+    with pytest.raises(ValueError):
+        PositionAttention(16, impl="fancy")
+
+
+# ---------------------------------------------------------------------------------------- PAM / SE
+
+
+@pytest.mark.parametrize("impl", ["auto", "chunked", "sdpa", "reference"])
+def test_position_attention_matches_naive_formula(impl, monkeypatch):
+    monkeypatch.setattr(blocks, "CHUNK_ELEMENTS", 16 * 48)
+    torch.manual_seed(0)
+    pam = PositionAttention(32, impl=impl)
+    with torch.no_grad():
+        pam.gamma.fill_(0.7)
+    x = _randn(2, 32, 6, 8, seed=11).requires_grad_()
+    out = pam(x)
+    expected = naive_pam(pam, x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    grad = _randn(*out.shape, seed=12)
+    params = [x] + list(pam.parameters())
+    got = torch.autograd.grad(out, params, grad)
+    want = torch.autograd.grad(expected, params, grad)
+    for g, w_ in zip(got, want):
+        torch.testing.assert_close(g, w_, atol=1e-4, rtol=1e-4)
+    assert pam.query.out_channels == 4 and pam.key.out_channels == 4 and pam.value.out_channels == 32
+
+
+def test_position_attention_starts_as_identity():
+    pam = PositionAttention(16)
+    x = _randn(1, 16, 5, 7, seed=13)
+    assert pam.gamma.item() == 0.0
+    torch.testing.assert_close(pam(x), x)
+
+
+def test_squeeze_excitation_scales_each_channel_by_hand_computed_gate():
+    torch.manual_seed(1)
+    se = SqueezeExcitation(64)
+    assert se.fc1.out_features == 4  # reduction 16
+    x = _randn(2, 64, 5, 6, seed=14)
+    out = se(x)
+    assert out.shape == x.shape
+    pooled = x.mean(dim=(2, 3))
+    gate = torch.sigmoid(F.linear(torch.relu(F.linear(pooled, se.fc1.weight, se.fc1.bias)),
+                                  se.fc2.weight, se.fc2.bias))
+    torch.testing.assert_close(out, x * gate[:, :, None, None])
+    assert (gate > 0).all() and (gate < 1).all()
+
+
+def test_conv_block_down_up_shapes_and_groups():
+    block = ConvBlock(3, 16)
+    norms = [m for m in block.modules() if isinstance(m, nn.GroupNorm)]
+    assert [n.num_groups for n in norms] == [4, 4]
+    acts = [m for m in block.modules() if isinstance(m, nn.LeakyReLU)]
+    assert [a.negative_slope for a in acts] == [0.2, 0.2]
+    x = _randn(2, 3, 8, 12, seed=15)
+    assert block(x).shape == (2, 16, 8, 12)
+    assert Down(3, 8)(x).shape == (2, 8, 4, 6)
+    up = Up(8, 4, 6, attention="se+pam")
+    assert [type(m) for m in up.attention] == [SqueezeExcitation, PositionAttention]
+    assert up.attention[1].value.in_channels == 12  # attention on the concatenated features
+    assert up(_randn(2, 8, 4, 6, seed=16), _randn(2, 4, 8, 12, seed=17)).shape == (2, 6, 8, 12)
+    assert [type(m) for m in Up(8, 4, 6, attention="se").attention] == [SqueezeExcitation]
+    assert len(Up(8, 4, 6).attention) == 0
+    with pytest.raises(ValueError):
+        Up(8, 4, 6, attention="pam")
+
+
+def test_up_upsamples_bilinear_align_corners_and_concats_skip_first():
+    up = Up(2, 3, 4)
+    captured = {}
+    up.conv.register_forward_hook(capture(captured, "in", "in"))
+    x, skip = _randn(1, 2, 3, 4, seed=18), _randn(1, 3, 6, 8, seed=19)
+    up(x, skip)
+    cat = captured["in"]
+    torch.testing.assert_close(cat[:, :3], skip)
+    torch.testing.assert_close(cat[:, 3:], F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
+    torch.testing.assert_close(cat[0, 3:, -1, -1], x[0, :, -1, -1])  # corners kept (align_corners=True)
+
+
+# ---------------------------------------------------------------------------------------- RegistrationNet
+
+
+def test_symmetric_padding_by_hand():
+    assert symmetric_padding(61, 127) == (1, 2, 0, 1)
+    assert symmetric_padding(64, 128) == (0, 0, 0, 0)
+    assert symmetric_padding(350, 740) == (1, 1, 6, 6)
+    assert symmetric_padding(61, 125) == (1, 2, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def reg_net():
+    torch.manual_seed(0)
+    return RegistrationNet()
+
+
+def test_registration_net_shape_and_near_zero_initial_flow(reg_net):
+    moving, fixed = torch.rand(2, 1, 61, 127), torch.rand(2, 1, 61, 127)
+    flow = reg_net(moving, fixed)
+    assert flow.shape == (2, 2, 61, 127)
+    assert flow.abs().max() < 1e-3
+    assert flow.abs().max() > 0
+
+
+def test_registration_net_pads_centred_and_crops_the_same_region(reg_net):
+    height, width = 61, 125
+    top, _, left, _ = symmetric_padding(height, width)
+    moving, fixed = torch.rand(1, 1, height, width), torch.rand(1, 1, height, width)
+    captured = {}
+    hooks = [reg_net.inc.register_forward_hook(capture(captured, "in", "in")),
+             reg_net.flow.register_forward_hook(capture(captured, "out"))]
+    with torch.no_grad():
+        saved = reg_net.flow.weight.clone()
+        reg_net.flow.weight.normal_(std=1.0)  # a flow that varies across pixels
+        try:
+            flow = reg_net(moving, fixed)
+        finally:
+            reg_net.flow.weight.copy_(saved)
+            for hook in hooks:
+                hook.remove()
+    padded_in, padded_out = captured["in"], captured["out"]
+    assert padded_in.shape[-2:] == (64, 128) and padded_out.shape[-2:] == (64, 128)
+    inner = (..., slice(top, top + height), slice(left, left + width))
+    torch.testing.assert_close(padded_in[inner], torch.cat([fixed, moving], dim=1))  # fixed first
+    border = torch.ones_like(padded_in, dtype=torch.bool)
+    border[inner] = False
+    assert (padded_in[border] == 0).all()  # zeros around
+    torch.testing.assert_close(flow, padded_out[inner])
+    assert (flow - padded_out[..., :height, :width]).abs().max() > 1e-3  # not the top-left corner
+
+
+def test_registration_net_treats_batch_items_independently(reg_net):
+    with torch.no_grad():
+        for up in (reg_net.up1, reg_net.up2):
+            up.attention[1].gamma.fill_(0.5)
+        a, b = torch.rand(2, 1, 1, 61, 127)
+        c, d = torch.rand(2, 1, 1, 61, 127)
+        both = reg_net(torch.cat([a, c]), torch.cat([b, d]))
+        torch.testing.assert_close(both[:1], reg_net(a, b), atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(both[1:], reg_net(c, d), atol=1e-6, rtol=1e-4)
+        for up in (reg_net.up1, reg_net.up2):
+            up.attention[1].gamma.zero_()
+
+
+def test_registration_net_decoder_attention_layout(reg_net):
+    kinds = [[type(m).__name__ for m in up.attention] for up in
+             (reg_net.up1, reg_net.up2, reg_net.up3, reg_net.up4)]
+    assert kinds == [["SqueezeExcitation", "PositionAttention"]] * 2 + [["SqueezeExcitation"], []]
+    assert [up.conv.block[0].out_channels for up in (reg_net.up1, reg_net.up2, reg_net.up3, reg_net.up4)] \
+        == [128, 64, 32, 16]
+    assert reg_net.down4.conv.block[0].out_channels == 256
+    assert reg_net.flow.bias.abs().max() == 0 and reg_net.flow.weight.std() < 1e-4
+
+
+def test_registration_net_gradients_reach_every_parameter():
+    torch.manual_seed(2)
+    net = RegistrationNet()
+    moving, fixed = torch.rand(1, 1, 61, 127), torch.rand(1, 1, 61, 127)
+    flow = net(moving, fixed)
+    (flow * _randn(*flow.shape, seed=20)).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        # with gamma = 0 (its initial value) PAM's q/k/v convs get exactly zero gradient
+        pam_inner = ".attention.1." in name and not name.endswith("gamma")
+        assert (p.grad.abs().max() == 0) if pam_inner else (p.grad.abs().max() > 0), name
+    net.zero_grad()
+    with torch.no_grad():
+        for up in (net.up1, net.up2):
+            up.attention[1].gamma.fill_(0.5)
+    flow = net(moving, fixed)
+    (flow * _randn(*flow.shape, seed=20)).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+def test_registration_net_full_size_shape_only(reg_net):
+    with torch.no_grad():
+        flow = reg_net(torch.rand(1, 1, 350, 740), torch.rand(1, 1, 350, 740))
+    assert flow.shape == (1, 2, 350, 740)
+
+
+def test_registration_net_reference_attention_gives_same_flow():
+    torch.manual_seed(3)
+    net = RegistrationNet()
+    ref = RegistrationNet(attention_impl="reference")
+    ref.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        for model in (net, ref):
+            model.flow.weight.normal_(std=0.1, generator=torch.Generator().manual_seed(4))
+            for up in (model.up1, model.up2):
+                up.attention[1].gamma.fill_(0.8)
+        moving, fixed = torch.rand(1, 1, 61, 127), torch.rand(1, 1, 61, 127)
+        torch.testing.assert_close(net(moving, fixed), ref(moving, fixed), atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------- SegmentationNet
+
+
+@pytest.fixture(scope="module")
+def seg_net():
+    torch.manual_seed(0)
+    return SegmentationNet()
+
+
+@pytest.mark.parametrize("size", [(61, 127), (64, 128)])
+def test_segmentation_net_output_names_and_shapes(seg_net, size):
+    h, w = size
+    out = seg_net(torch.rand(2, 1, h, w))
+    h4, w4 = quarter_size(h, w)
+    assert (h4, w4) == (h // 4, w // 4)
+    assert set(out) == {"out", "level1", "level2", "level3", "project", "project_map"}
+    for key in ("out", "level1", "level2", "level3"):
+        assert out[key].shape == (2, 2, h, w), key
+    assert out["project"].shape == (2, 64, h4, w4)
+    assert out["project_map"].shape == (2, 2, h4, w4)
+    expected_map = F.interpolate(out["out"], size=(h4, w4), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out["project_map"], expected_map)
+
+
+def test_segmentation_net_resizes_input_only_when_needed(seg_net):
+    captured = {}
+    hook = seg_net.inc.register_forward_hook(capture(captured, "in", "in"))
+    x64 = torch.rand(1, 1, 64, 128)
+    x61 = torch.rand(1, 1, 61, 127)
+    try:
+        with torch.no_grad():
+            seg_net(x64)
+            in64 = captured["in"]
+            seg_net(x61)
+            in61 = captured["in"]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(in64, x64)  # already a multiple of 16: untouched
+    assert in61.shape[-2:] == (64, 128)
+    torch.testing.assert_close(in61, F.interpolate(x61, size=(64, 128), mode="bilinear",
+                                                          align_corners=False))
+
+
+def test_segmentation_net_projector_and_level2_head(seg_net):
+    captured = {}
+    hook = seg_net.up2.register_forward_hook(capture(captured, "d2"))
+    try:
+        with torch.no_grad():
+            out = seg_net(torch.rand(1, 1, 64, 128))
+    finally:
+        hook.remove()
+    d2 = captured["d2"]
+    assert d2.shape == (1, 64, 16, 32)
+    torch.testing.assert_close(out["project"], seg_net.projector(d2))
+    level2 = F.interpolate(seg_net.head2(d2), size=(64, 128), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out["level2"], level2)
+    assert isinstance(seg_net.projector[1], nn.PReLU)
+
+
+def test_segmentation_net_init(seg_net):
+    conv = seg_net.down4.conv.block[3]  # 256 -> 256, fan_in 2304
+    assert abs(conv.weight.std().item() / math.sqrt(2.0 / (256 * 9)) - 1) < 0.05
+    for m in seg_net.modules():
+        if isinstance(m, nn.GroupNorm):
+            assert (m.weight == 1).all() and (m.bias == 0).all()
+    assert not any(isinstance(m, (SqueezeExcitation, PositionAttention)) for m in seg_net.modules())
+
+
+def test_segmentation_net_gradients_reach_every_parameter():
+    torch.manual_seed(5)
+    net = SegmentationNet()
+    out = net(torch.rand(2, 1, 61, 127))
+    loss = sum((v * _randn(*v.shape, seed=i)).sum() for i, v in enumerate(out.values()))
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, name
