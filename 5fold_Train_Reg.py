@@ -86,8 +86,8 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
 
     seed_everything(args.seed + k)
     train_set = RegistrationTrainSet(data.folder, data.fold.train, data.prealign, args.iters * args.batch_size,
-                                     args.seed + k)
-    val_pairs = RegistrationPairSet(data.folder, data.fold.val, data.prealign)
+                                     args.seed + k).preload()
+    val_pairs = RegistrationPairSet(data.folder, data.fold.val, data.prealign).preload()
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         worker_init_fn=seed_worker, persistent_workers=args.workers > 0, drop_last=True)
 
@@ -105,7 +105,7 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, best_score = state["epoch"] + 1, state.get("best_score", -np.inf)
             restore_rng_state(state["rng"])
-            print(f"fold {k}: resumed from {run_dir / 'last.pth'} at epoch {start_epoch}")
+            print(f"fold {k}: resumed from {run_dir / 'last.pth'} after epoch {start_epoch}")
 
     if start_epoch == 0:
         affine = summarise(evaluate_registration(None, val_pairs, device, k, progress),

@@ -108,8 +108,8 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
 
     seed_everything(args.seed + k)
     train_set = SegmentationTrainSet(data.folder, data.fold.train, data.prealign,
-                                     args.iters * args.batch_size, args.seed + k)
-    val_set = SegmentationEvalSet(data.folder, data.fold.val)
+                                     args.iters * args.batch_size, args.seed + k).preload()
+    val_set = SegmentationEvalSet(data.folder, data.fold.val).preload()
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         worker_init_fn=seed_worker, persistent_workers=args.workers > 0, drop_last=True)
     cache = None
@@ -139,7 +139,7 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
             coefficient_rng.set_state(state["coefficient_rng"])
             start_epoch, best_score = state["epoch"] + 1, state.get("best_score", -np.inf)
             restore_rng_state(state["rng"])
-            print(f"fold {k}: resumed from {run_dir / 'last.pth'} at epoch {start_epoch}")
+            print(f"fold {k}: resumed from {run_dir / 'last.pth'} after epoch {start_epoch}")
 
     net.train()
     step = start_epoch * args.iters

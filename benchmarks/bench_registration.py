@@ -75,7 +75,7 @@ def _register_missing_flops() -> None:
     from torch.utils import flop_counter as fc
     aten = torch.ops.aten
     if aten.addmm_ not in fc.flop_registry:
-        fc.register_flop_formula(aten.addmm_)(fc.addmm_flop)
+        fc.register_flop_formula(aten.addmm_, get_raw=True)(fc.addmm_flop)  # already shape-wrapped
     targets = [getattr(aten, name) for name in ("_scaled_dot_product_flash_attention_for_cpu",)
                if hasattr(aten, name)]
     backward = [getattr(aten, name) for name in ("_scaled_dot_product_flash_attention_for_cpu_backward",)

@@ -23,6 +23,10 @@ import numpy as np
 
 from utils.errors import InputError
 
+# OpenCV's thread pool does not survive fork(): a DataLoader worker forked after the
+# pool was used can deadlock. Image I/O here is per small image, so one thread is enough.
+cv2.setNumThreads(1)
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LABEL_EXTS = (".png",)
 NUM_FOLDS = 5

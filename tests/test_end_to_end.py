@@ -36,8 +36,10 @@ def pipeline(tmp_path_factory):
               "--workers", "0", "--no-progress", "--panel-every", "1"]
     run("5fold_Train_Reg.py", *common, "--exp", "REG", "--epochs", "1", "--iters", "2")
     resumed = run("5fold_Train_Reg.py", *common, "--exp", "REG", "--epochs", "2", "--iters", "2", "--resume")
-    run("5fold_Train_SS_MGS.py", *common, "--exp", "SEG", "--reg-exp", "REG", "--epochs", "2", "--iters", "2",
-        "--negatives", "20")
+    seg_args = ["5fold_Train_SS_MGS.py", *common, "--exp", "SEG", "--reg-exp", "REG", "--iters", "2",
+                "--negatives", "20"]
+    run(*seg_args, "--epochs", "1")
+    seg_resumed = run(*seg_args, "--epochs", "2", "--resume")
     run("5fold_Train_SS_MGS.py", *common, "--exp", "SUP", "--no-rsgm", "--no-rnsf", "--epochs", "2",
         "--iters", "2")
     test_common = ["--data-dir", str(data), "--fold", "1", "--runs-dir", str(runs), "--device", "cpu",
@@ -48,7 +50,7 @@ def pipeline(tmp_path_factory):
     run("5fold_Test_Reg_or_Seg.py", "--mode", "predict", "--exp", "SEG", "--fold", "1", "--runs-dir", str(runs),
         "--device", "cpu", "--input", str(data / "Image"), "--output", str(predicted), "--no-progress")
     return {"data": data, "runs": runs, "pred": predicted, "seg_out": seg.stdout, "reg_out": reg.stdout,
-            "resumed": resumed.stdout}
+            "resumed": resumed.stdout, "seg_resumed": seg_resumed.stdout}
 
 
 def test_training_outputs(pipeline):
@@ -58,7 +60,9 @@ def test_training_outputs(pipeline):
         assert (fold / manifest["best"]).is_file()
         assert (fold / "last.pth").is_file()
         assert list(fold.glob("events.out.tfevents.*")), f"no TensorBoard events for {exp}"
-    assert "resumed from" in pipeline["resumed"] and "at epoch 1" in pipeline["resumed"]
+    for key in ("resumed", "seg_resumed"):
+        assert "resumed from" in pipeline[key] and "after epoch 1" in pipeline[key]
+        assert "epoch 2:" in pipeline[key] and "epoch 1:" not in pipeline[key]
 
 
 def test_seg_csvs_and_summary(pipeline):

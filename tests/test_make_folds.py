@@ -262,12 +262,33 @@ def test_too_few_multi_image_patients(tmp_path):
         make_folds(root)
 
 
-def test_missing_label_for_val_or_test_names_the_file(tmp_path):
-    root = write_dataset(tmp_path, uniform(6, 2))
+def test_patients_with_unlabelled_images_train_in_every_fold(tmp_path, capsys):
+    root = write_dataset(tmp_path, {**uniform(6, 3), "U": 3, "V": 1})
     (root / "Label" / "P003_1.png").unlink()
-    with pytest.raises(InputError, match=r"Label/P003_1\.png is missing.*val or test"):
-        make_folds(root)
-    assert not (root / "train_dict1.json").exists()  # nothing half-written
+    for k in range(3):
+        (root / "Label" / f"U_{k}.png").unlink()
+    (root / "Label" / "V_0.png").unlink()
+    folds = make_folds(root)
+    err = capsys.readouterr().err
+    assert "P003" in err and "U" in err and "V" in err
+    evaluable = {f"P{i:03d}" for i in range(6)} - {"P003"}
+    assert sorted(p for f in folds for p in sets(f, "test")) == sorted(evaluable)
+    for k, fold in enumerate(folds, start=1):
+        assert {"P003", "U"} <= sets(fold, "train")
+        assert "V" not in sets(fold, "train") | sets(fold, "val") | sets(fold, "test")
+        for subject in fold["train"]:
+            assert "P003_1" not in subject["Atlas"] and not (subject["patient"] == "U" and subject["Atlas"])
+        load_fold(root, k)  # val/test labels all present
+
+
+def test_missing_label_for_val_or_test_in_a_fold_file_names_the_file(tmp_path):
+    root = write_dataset(tmp_path, uniform(6, 2))
+    make_folds(root)
+    fold = json.loads((root / "train_dict1.json").read_text())
+    name = fold["test"][0]["OtherImg"][0]
+    (root / "Label" / f"{name}.png").unlink()
+    with pytest.raises(InputError, match=rf"test image '{name}' has no label .*Label/{name}\.png"):
+        load_fold(root, 1)
 
 
 def test_check_mode_catches_patient_split_across_sets(tmp_path):

@@ -11,7 +11,8 @@ Splitting (METHOD.md section 1): the patients are dealt into five test sets that
 partition them (5-fold cross-validation); in fold k, val is 1/8 of the other
 patients (at least one when possible) and the rest train, about 7:1:2. Patients
 with a single image cannot be registered: they never train (they go to val or
-test). Every patient is in some test set, so every image needs a label.
+test). Every evaluable patient is in some test set; a patient with an image
+that has no label cannot be evaluated, so it trains in every fold instead.
 
 Each fold file is ``{"train": [subject], "val": [...], "test": [...]}`` with
 ``subject = {"patient": id, "Atlas": [names], "OtherImg": [names]}`` (names
@@ -195,16 +196,27 @@ def _subject(patient: str, atlas: list[str], images: list[str]) -> dict:
 
 
 def _check_labels(folder: DatasetFolder) -> None:
-    """Every image needs a valid label of its own size (every patient is tested in some fold)."""
-    missing = sorted(name for name in folder.image_paths if not folder.has_label(name))
-    if missing:
-        label = folder.root / "Label" / f"{missing[0]}.png"
-        more = f" (and {len(missing) - 1} more: {_shown(missing[1:])})" if len(missing) > 1 else ""
-        raise InputError(f"{label} is missing{more}: every patient is in the val or test set of some "
-                         f"fold, where every image needs a label; add it or remove "
-                         f"{folder.image_paths[missing[0]]}")
+    """Every existing label must be readable, binary and of its image's size."""
     for name in sorted(folder.image_paths):
-        folder.load_label(name)  # raises on unreadable, non-binary or wrongly sized labels
+        if folder.has_label(name):
+            folder.load_label(name)  # raises on unreadable, non-binary or wrongly sized labels
+
+
+def _train_only_patients(folder: DatasetFolder, patients: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """Patients with an image lacking a label cannot be evaluated: with two or more
+    images they train in every fold (their labelled images may still be Atlas images);
+    single-image ones can neither train nor be tested. Returns ``(train_only, dropped)``."""
+    unlabelled = sorted(p for p, images in patients.items() if not all(folder.has_label(n) for n in images))
+    train_only = [p for p in unlabelled if len(patients[p]) >= 2]
+    dropped = [p for p in unlabelled if len(patients[p]) < 2]
+    if train_only:
+        _warn(f"{len(train_only)} patient(s) have images without a label in {folder.root / 'Label'}, so "
+              f"they cannot be evaluated: they train in every fold and are never in val/test: "
+              f"{_shown(train_only, 10)}")
+    if dropped:
+        _warn(f"{len(dropped)} single-image patient(s) without a label can neither train nor be tested "
+              f"and are left out: {_shown(dropped, 10)}")
+    return train_only, dropped
 
 
 def make_folds(data_dir: str | os.PathLike, patient_regex: str | None = DEFAULT_PATIENT_REGEX,
@@ -237,12 +249,16 @@ def make_folds(data_dir: str | os.PathLike, patient_regex: str | None = DEFAULT_
     patients: dict[str, list[str]] = {}
     for name, patient in ids.items():
         patients.setdefault(patient, []).append(name)
-    singles = sorted(p for p, images in patients.items() if len(images) < 2)
+    train_only, dropped = _train_only_patients(folder, patients)
+    evaluable = {p: images for p, images in patients.items() if p not in train_only and p not in dropped}
+    singles = sorted(p for p, images in evaluable.items() if len(images) < 2)
     if singles:
         _warn(f"{len(singles)} patient(s) have a single image and cannot be registered, so they are "
               f"kept out of every train set (they go to val/test): {_shown(singles, 10)}")
 
-    splits = split_patients(patients, seed)
+    splits = split_patients(evaluable, seed)
+    for split in splits:
+        split["train"] = sorted(split["train"] + train_only)
     folds: list[dict] = []
     capped: set[str] = set()
     for k, split in enumerate(splits, start=1):
