@@ -115,8 +115,13 @@ class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _ChunkedAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         q, k, v, out = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.to(q.dtype).contiguous()
         groups, n, _ = q.shape
         rows = _rows_per_block(n)
         grad_q = torch.empty_like(q)
@@ -154,9 +159,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "au
     if impl == "auto":
         impl = "chunked" if q.device.type == "cpu" else "sdpa"
     if impl == "chunked":
+        # float32 (or wider) maths with autocast off: the blocks are written with out=
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
+                                    torch.promote_types(v.dtype, torch.float32))
         lead = q.shape[:-2]
-        out = _ChunkedAttention.apply(q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]),
-                                      v.reshape(-1, *v.shape[-2:]))
+        with torch.autocast(q.device.type, enabled=False):
+            out = _ChunkedAttention.apply(*(t.reshape(-1, *t.shape[-2:]).to(dtype) for t in (q, k, v)))
         return out.reshape(*lead, *out.shape[-2:])
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)
@@ -192,8 +200,10 @@ class PositionAttention(nn.Module):
 
         out = attention(positions(self.query(x)), positions(self.key(x)), positions(self.value(x)),
                         impl=self.impl)
-        out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
-        return self.gamma * out + x
+        # scale before the layout change: the product's backward then keeps the attention
+        # output that the attention itself saved, not a second (reshaped) copy
+        out = (self.gamma * out).squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+        return out + x
 
 
 class Up(nn.Module):

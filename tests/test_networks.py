@@ -76,6 +76,18 @@ def test_chunked_attention_is_stable_for_large_scores():
     torch.testing.assert_close(out, attention_reference(q, k, v), atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_attention_runs_in_float32_under_cpu_autocast():
+    pam = PositionAttention(16, impl="chunked")
+    with torch.no_grad():
+        pam.gamma.fill_(0.5)
+    x = _randn(1, 16, 4, 6, seed=22).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pam(x)
+        out.float().sum().backward()
+    assert torch.isfinite(x.grad).all() and pam.gamma.grad is not None
+    torch.testing.assert_close(out.float(), naive_pam(pam, x).detach(), atol=5e-2, rtol=5e-2)
+
+
 def test_attention_rejects_unknown_impl():
     with pytest.raises(ValueError):
         PositionAttention(16, impl="fancy")
