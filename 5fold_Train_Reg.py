@@ -24,9 +24,9 @@ from networks.spatial_transformer import warp
 from utils.cli import add_common_args, add_training_args, check_positive
 from utils.errors import InputError, run_cli
 from utils.evaluation import evaluate_registration
-from utils.losses import ncc_loss, smoothness_loss, ssim_loss
 from utils.metrics import summarise
-from utils.training import (check_finite, CheckpointManager, make_writer, prepare_run_dir,
+from utils.steps import RegistrationWeights, finite_check, registration_step
+from utils.training import (CheckpointManager, make_writer, prepare_run_dir,
                             restore_rng_state, rng_state, run_dir_for, seed_everything, seed_worker,
                             select_device)
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask
@@ -47,15 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--w-smooth", type=float, default=0.1,
                         help="weight of the flow smoothness term (default: 0.1)")
     return parser
-
-
-def registration_loss(net: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor,
-                      args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """One direction: flow = net(moving, fixed); SSIM, NCC and smoothness terms."""
-    flow = net(moving, fixed)
-    warped = warp(moving, flow)
-    return {"ssim": ssim_loss(warped, fixed), "ncc": ncc_loss(warped, fixed),
-            "smooth": smoothness_loss(flow)}
 
 
 def log_validation_panel(writer, net, pairs: RegistrationPairSet, device, epoch: int) -> None:
@@ -82,7 +73,6 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
     progress = not args.no_progress
     data = open_fold(args.data_dir, k, resize=args.resize, folder=folder, progress=progress)
     run_dir = prepare_run_dir(run_dir_for(args.runs_dir, args.exp, k), args.resume, args.overwrite)
-    hint = f"python 5fold_Train_Reg.py --data-dir {args.data_dir} --fold {k} --exp {args.exp} --resume"
 
     seed_everything(args.seed + k)
     train_set = RegistrationTrainSet(data.folder, data.fold.train, data.prealign, args.iters * args.batch_size,
@@ -116,6 +106,7 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
               f"Dice {affine['affine_dice_mean']:.4f} recall {affine['affine_recall_mean']:.4f} "
               f"({affine['n']} pairs)")
 
+    weights = RegistrationWeights(ssim=args.w_ssim, ncc=args.w_ncc, smooth=args.w_smooth)
     net.train()
     step = start_epoch * args.iters
     summary = {}
@@ -125,21 +116,13 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
         bar = tqdm(loader, desc=f"fold {k} epoch {epoch + 1}/{args.epochs}", disable=not progress)
         running = 0.0
         for it, batch in enumerate(bar):
-            a, b = batch["a"].to(device), batch["b"].to(device)
-            a_on_b, b_on_a = batch["a_on_b"].to(device), batch["b_on_a"].to(device)
-            forward = registration_loss(net, a_on_b, b, args)
-            backward = registration_loss(net, b_on_a, a, args)
-            terms = {name: forward[name] + backward[name] for name in forward}
-            total = args.w_ssim * terms["ssim"] + args.w_ncc * terms["ncc"] + args.w_smooth * terms["smooth"]
-            terms["total"] = total
-            check_finite(terms, epoch + 1, it + 1, f"last good checkpoint: {run_dir / 'last.pth'}")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            check = finite_check(epoch + 1, it + 1, f"last good checkpoint: {run_dir / 'last.pth'}")
+            terms = registration_step(net, optimizer, batch["a"].to(device), batch["b"].to(device),
+                                      batch["a_on_b"].to(device), batch["b_on_a"].to(device), weights, check)
             step += 1
             for name, value in terms.items():
-                writer.add_scalar(f"train/{name}", value.item(), step)
-            running = 0.9 * running + 0.1 * total.item() if it else total.item()
+                writer.add_scalar(f"train/{name}", value, step)
+            running = 0.9 * running + 0.1 * terms["total"] if it else terms["total"]
             bar.set_postfix(loss=f"{running:.4f}")
 
         rows = evaluate_registration(net, val_pairs, device, k, progress)

@@ -22,15 +22,14 @@ from dataloaders.fold_data import open_fold
 from dataloaders.segmentation_data import SegmentationEvalSet, SegmentationTrainSet
 from networks.loading import freeze, load_network
 from networks.registration_net import RegistrationNet
-from networks.rsgm import RegistrationOutputCache, rsgm_generate, sample_coefficients
+from networks.rsgm import RegistrationOutputCache
 from networks.segmentation_net import SegmentationNet
 from utils.cli import add_common_args, add_training_args, check_positive
 from utils.errors import InputError, run_cli
 from utils.evaluation import evaluate_segmentation
-from utils.losses import dice_ce_loss
 from utils.metrics import summarise
-from utils.rnsf import rnsf_loss
-from utils.training import (check_finite, CheckpointManager, find_best_checkpoint, make_writer,
+from utils.steps import SegmentationConfig, finite_check, segmentation_step
+from utils.training import (CheckpointManager, find_best_checkpoint, make_writer,
                             prepare_run_dir, ramp_up, restore_rng_state, rng_state, run_dir_for,
                             seed_everything, seed_worker, select_device, use_amp)
 from utils.visualise import image_grid_panel
@@ -87,16 +86,15 @@ def load_registration_net(args: argparse.Namespace, k: int, device: torch.device
     return freeze(net)
 
 
-def split_outputs(outputs: dict[str, torch.Tensor], sizes: list[int]) -> list[dict[str, torch.Tensor]]:
-    """Split a batched network output dict into one dict per input group."""
-    parts = {name: torch.split(value, sizes) for name, value in outputs.items()}
-    return [{name: parts[name][i] for name in outputs} for i in range(len(sizes))]
-
-
-def log_panel(writer, tensors: dict[str, torch.Tensor], epoch: int) -> None:
-    """x_l, g1, g2, y_g, u_neg and predictions of the last training batch."""
-    row = [tensors[n][0, 0].detach().float().cpu().clamp(0, 1) for n in tensors]
-    writer.add_image("train/panel " + "|".join(tensors), image_grid_panel(row), epoch)
+def log_panel(writer, last: dict, epoch: int) -> None:
+    """x_l, g1, g2, y_g, u_neg and the predictions of the last training batch."""
+    tiles = {}
+    for name, image in last["images"].items():
+        tiles[name] = image[0, 1] if name == "y_g" else image[0, 0]
+        if name in last["outputs"]:
+            tiles[f"pred_{name}"] = last["outputs"][name]["out"][0].argmax(0).float()
+    panel = image_grid_panel([t.detach().float().cpu().clamp(0, 1) for t in tiles.values()])
+    writer.add_image("train/panel " + "|".join(tiles), panel, epoch)
 
 
 def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: DatasetFolder | None) -> dict:
@@ -119,6 +117,10 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
                                         progress=progress)
         del reg_net
 
+    config = SegmentationConfig(use_rsgm=not args.no_rsgm, use_rnsf=not args.no_rnsf, rs_weight=args.rs_weight,
+                                rnsf_weight=args.rnsf_weight, temperature=args.temperature,
+                                negatives=args.negatives, negative_mode=args.negative_mode,
+                                coefficients=args.coefficients)
     net = SegmentationNet().to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.t_max, eta_min=args.eta_min)
@@ -150,53 +152,17 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
         started = time.time()
         bar = tqdm(loader, desc=f"fold {k} epoch {epoch + 1}/{args.epochs}", disable=not progress)
         for it, batch in enumerate(bar):
-            x_l, y_l = batch["x_l"].to(device), batch["y_l"].to(device)
-            groups = {"x_l": x_l}
-            if semi:
-                w_u1, phi_u2 = cache.get(batch["atlas_name"], batch["u1_name"], batch["u2_name"], device)
-                alpha, beta = sample_coefficients(x_l.shape[0], args.coefficients, coefficient_rng, device)
-                g1, g2, y_g = rsgm_generate(x_l, y_l, w_u1, phi_u2, alpha, beta)
-                groups.update(g1=g1, g2=g2)
-            if not args.no_rnsf:
-                groups["u_neg"] = batch["u_neg"].to(device)
-            inputs = torch.cat(list(groups.values()))
-            with torch.autocast(device_type=device.type, enabled=amp):
-                outputs = net(inputs)
-            out = dict(zip(groups, split_outputs(outputs, [t.shape[0] for t in groups.values()])))
-            terms = {"seg": dice_ce_loss(out["x_l"]["out"], y_l) + dice_ce_loss(out["x_l"]["level2"], y_l)}
-            total = terms["seg"]
-            if not args.no_rsgm:
-                terms["rs_g1"] = dice_ce_loss(out["g1"]["out"], y_g)
-                terms["rs_g2"] = dice_ce_loss(out["g2"]["out"], y_g)
-                terms["rs"] = args.rs_weight * (terms["rs_g1"] + terms["rs_g2"])
-                total = total + terms["rs"]
-            if not args.no_rnsf:
-                terms["rnsf"] = rnsf_loss(out["g1"]["project"].float(), out["g2"]["project"].float(),
-                                          out["g1"]["project_map"].float(), out["u_neg"]["project"].float(),
-                                          out["u_neg"]["project_map"].float(), temperature=args.temperature,
-                                          k=args.negatives, mode=args.negative_mode,
-                                          generator=coefficient_rng)
-                total = total + args.rnsf_weight * ramp * terms["rnsf"]
-            terms["total"] = total
-            check_finite(terms, epoch + 1, it + 1, f"last good checkpoint: {run_dir / 'last.pth'}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            check = finite_check(epoch + 1, it + 1, f"last good checkpoint: {run_dir / 'last.pth'}")
+            terms, last = segmentation_step(net, optimizer, scaler, batch, cache, config, ramp, coefficient_rng,
+                                            device, amp, check)
             step += 1
             for name, value in terms.items():
-                writer.add_scalar(f"train/{name}", value.item(), step)
-            bar.set_postfix(loss=f"{total.item():.4f}")
+                writer.add_scalar(f"train/{name}", value, step)
+            bar.set_postfix(loss=f"{terms['total']:.4f}")
         writer.add_scalar("train/rnsf_ramp_weight", args.rnsf_weight * ramp, epoch + 1)
         writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], epoch + 1)
         if args.panel_every > 0 and ((epoch + 1) % args.panel_every == 0 or epoch + 1 == args.epochs):
-            panel = {"x_l": x_l, "pred_x_l": out["x_l"]["out"].argmax(1, keepdim=True).float()}
-            if semi:
-                panel.update(g1=g1, g2=g2, y_g=y_g[:, 1:],
-                             pred_g1=out["g1"]["out"].argmax(1, keepdim=True).float())
-            if "u_neg" in groups:
-                panel["u_neg"] = groups["u_neg"]
-            log_panel(writer, panel, epoch + 1)
+            log_panel(writer, last, epoch + 1)
         scheduler.step()
 
         rows = evaluate_segmentation(net, val_set, device, k, amp=amp, progress=progress)
