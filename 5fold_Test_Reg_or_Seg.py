@@ -109,12 +109,12 @@ def checkpoint_for(args: argparse.Namespace, exp: str, k: int, trainer: str) -> 
 
 
 def print_table(title: str, table: list[tuple[str, dict]], metrics: list[str]) -> None:
-    """Rows = experiments (or folds), columns = metric mean +- std."""
-    header = f"{'':<14}" + "".join(f"{m:>20}" for m in metrics)
-    print(f"\n{title}\n{header}")
+    """Rows = experiments, columns = metric mean +- std."""
+    width = max(len(label) for label, _ in table) + 2
+    print(f"\n{title}\n{'':<{width}}" + "".join(f"{m:>21}" for m in metrics))
     for label, summary in table:
         cells = "".join(f"{summary[f'{m}_mean']:>11.4f} +-{summary[f'{m}_std']:>7.4f}" for m in metrics)
-        print(f"{label:<14}{cells}")
+        print(f"{label:<{width}}{cells}")
 
 
 def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:

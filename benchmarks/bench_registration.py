@@ -1,21 +1,20 @@
 """Benchmark: one registration training iteration on CPU (prints numbers, asserts nothing).
 
-The iteration is the trainer's (METHOD.md section 2, batch 1): for both directions
-``flow = net(moving, fixed)``, ``warped = warp(moving, flow)``, loss
-``(1 - SSIM) + NCC + 0.1 * smooth`` (``utils.losses``); the two losses are summed,
-one backward, one Adam step. Printed per variant of the position attention:
+The iteration is the trainer's own, :func:`utils.steps.registration_step` (METHOD.md
+section 2, batch 1): for both directions ``flow = net(moving, fixed)``,
+``warped = warp(moving, flow)``, loss ``(1 - SSIM) + NCC + 0.1 * smooth``, one backward
+per direction, one Adam step. Printed per variant of the position attention:
 
 - FLOPs of a forward pass and of a training iteration (``FlopCounterMode``: it counts
-  matmuls and convolutions, not softmax, norms or warps; two ops are missing from its
-  table and get formulas registered here: the CPU flash-SDPA ops and the in-place
-  ``addmm_`` that the default ``chunked`` attention accumulates with; its ``mm`` calls,
-  the backward's recomputation of ``q k^T`` included, are counted as they are);
+  matmuls and convolutions, not softmax, norms or warps; the ops missing from its table
+  get formulas from ``benchmarks.measure.register_missing_flops``; the backward's
+  recomputations (attention blocks, checkpointed conv blocks) are counted as they run);
 - the measured fp32 matmul rate (``torch.mm`` 2048 x 2048, median of repeats) and the
   floor = FLOPs / rate;
 - median seconds per iteration after a warm-up, its ratio to the floor, seconds of a
   no-grad forward pass (both directions as one batch of 2, as RSGM uses the net);
-- peak resident memory (``ru_maxrss``) of a fresh subprocess per variant, and of a
-  baseline subprocess that only builds the net and inputs.
+- peak resident memory of a fresh subprocess per variant, and of a baseline subprocess
+  that only builds the net and inputs.
 
 Variants: ``chunked`` (the default ``attention_impl="auto"`` on CPU) and ``reference``
 (plain materialised ``softmax(q k^T) v``: ~(HW/16)^2 floats per PAM, several GB at 350 x 740).
@@ -26,15 +25,16 @@ Variants: ``chunked`` (the default ``attention_impl="auto"`` on CPU) and ``refer
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import (count_flops, emit, format_flops_by_op, matmul_rate,  # noqa: E402
+                                peak_rss_mib, run_child, set_threads, time_calls)
+
 VARIANTS = ("chunked", "reference")
 
 
@@ -50,121 +50,47 @@ def _parse(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
-def matmul_rate(size: int = 2048, repeats: int = 7) -> float:
-    """Median fp32 ``torch.mm`` rate, FLOP/s, of ``size x size`` matrices."""
-    import torch
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(2):
-        torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times)
-
-
-def _register_missing_flops() -> None:
-    """Teach FlopCounterMode the ops missing from its table: the CPU flash-attention ops
-    (SDPA on CPU) and the in-place ``addmm_`` (the chunked attention's accumulations)."""
-    import torch
-    from torch.utils import flop_counter as fc
-    aten = torch.ops.aten
-    if aten.addmm_ not in fc.flop_registry:
-        fc.register_flop_formula(aten.addmm_, get_raw=True)(fc.addmm_flop)  # already shape-wrapped
-    targets = [getattr(aten, name) for name in ("_scaled_dot_product_flash_attention_for_cpu",)
-               if hasattr(aten, name)]
-    backward = [getattr(aten, name) for name in ("_scaled_dot_product_flash_attention_for_cpu_backward",)
-                if hasattr(aten, name)]
-    if targets and targets[0] not in fc.flop_registry:
-        fc.register_flop_formula(targets)(
-            lambda q, k, v, *args, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
-    if backward and backward[0] not in fc.flop_registry:
-        fc.register_flop_formula(backward)(
-            lambda grad_out, q, k, v, *args, out_shape=None, **kw: fc.sdpa_backward_flop_count(grad_out, q, k, v))
-
-
 def _child(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(ROOT))
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from networks.registration_net import RegistrationNet
-    from networks.spatial_transformer import warp
-    from utils.losses import ncc_loss, smoothness_loss, ssim_loss
+    from utils.steps import RegistrationWeights, registration_step
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    result = {"threads": set_threads(args.threads)}
     torch.manual_seed(0)
     size = (1, 1, args.height, args.width)
     # smooth random "images" so that the losses are not degenerate
-    moving = torch.nn.functional.avg_pool2d(torch.rand(size), 5, 1, 2)
-    fixed = torch.nn.functional.avg_pool2d(torch.rand(size), 5, 1, 2)
-    impl = "auto" if args.child == "chunked" else "reference"
-    net = RegistrationNet(attention_impl=impl)
+    a = torch.nn.functional.avg_pool2d(torch.rand(size), 5, 1, 2)
+    b = torch.nn.functional.avg_pool2d(torch.rand(size), 5, 1, 2)
+    net = RegistrationNet(attention_impl="auto" if args.child == "chunked" else "reference")
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-        moving = moving.contiguous(memory_format=torch.channels_last)
-        fixed = fixed.contiguous(memory_format=torch.channels_last)
+        a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-6)
-    result = {"threads": torch.get_num_threads()}
     if args.child == "baseline":
-        result["peak_mib"] = _peak_mib()
-        print(json.dumps(result))
+        result["peak_mib"] = peak_rss_mib()
+        emit(result)
         return
 
     def iteration() -> None:
-        total = 0.0
-        for m, f in ((moving, fixed), (fixed, moving)):
-            flow = net(m, f)
-            warped = warp(m, flow)
-            total = total + ssim_loss(warped, f) + ncc_loss(warped, f) + 0.1 * smoothness_loss(flow)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        # the pair is its own pre-alignment here (a_on_b = a, b_on_a = b): the same ops
+        registration_step(net, optimizer, a, b, a, b, RegistrationWeights())
 
     result["rate"] = matmul_rate()
-    iteration()  # warm-up
-    times = []
-    for _ in range(args.iters):
-        start = time.perf_counter()
-        iteration()
-        times.append(time.perf_counter() - start)
-    result["iter_s"] = times
-    both_m, both_f = torch.cat([moving, fixed]), torch.cat([fixed, moving])
+    result["iter_s"] = time_calls(iteration, args.iters, warmup=1)
+    both_m, both_f = torch.cat([a, b]), torch.cat([b, a])
     with torch.no_grad():
-        net(both_m, both_f)
-        start = time.perf_counter()
-        net(both_m, both_f)
-        result["infer_s"] = time.perf_counter() - start
-    result["peak_mib"] = _peak_mib()  # before FLOP counting (which runs the same ops again)
-
-    _register_missing_flops()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        net(moving, fixed)
-    result["fwd_flops"] = counter.get_total_flops()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        iteration()
-    result["iter_flops"] = counter.get_total_flops()
-    result["iter_flops_by_op"] = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
-    print(json.dumps(result))
+        result["infer_s"] = time_calls(lambda: net(both_m, both_f), 1, warmup=1)[0]
+    result["peak_mib"] = peak_rss_mib()  # before FLOP counting (which runs the same ops again)
+    result["fwd_flops"], _ = count_flops(lambda: net(a, b))
+    result["iter_flops"], result["iter_flops_by_op"] = count_flops(iteration)
+    emit(result)
 
 
 def _run_child(args: argparse.Namespace, variant: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--height", str(args.height),
-           "--width", str(args.width), "--iters", str(args.iters), "--threads", str(args.threads)]
-    if args.channels_last:
-        cmd.append("--channels-last")
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    argv = ["--child", variant, "--height", str(args.height), "--width", str(args.width),
+            "--iters", str(args.iters), "--threads", str(args.threads)]
+    return run_child(Path(__file__).resolve(), argv + (["--channels-last"] if args.channels_last else []))
 
 
 def main(argv=None) -> None:
@@ -172,8 +98,9 @@ def main(argv=None) -> None:
     if args.child:
         _child(args)
         return
-    print(f"registration training iteration, {args.height} x {args.width}, batch 1, CPU, "
-          f"{args.iters} timed iterations after 1 warm-up" + (", channels_last" if args.channels_last else ""))
+    print(f"registration training iteration (utils.steps.registration_step), {args.height} x {args.width}, "
+          f"batch 1, CPU, {args.iters} timed iterations after 1 warm-up"
+          + (", channels_last" if args.channels_last else ""))
     base = _run_child(args, "baseline")
     print(f"baseline (net + inputs only): peak RSS {base.get('peak_mib', float('nan')):.0f} MiB, "
           f"threads {base.get('threads')}")
@@ -187,8 +114,7 @@ def main(argv=None) -> None:
         print(f"\n[{variant}]")
         print(f"  FLOPs forward (one direction)      {r['fwd_flops'] / 1e9:9.1f} GFLOP")
         print(f"  FLOPs training iteration (2 dirs)  {r['iter_flops'] / 1e9:9.1f} GFLOP")
-        for op, n in sorted(r["iter_flops_by_op"].items(), key=lambda kv: -kv[1]):
-            print(f"      {op:<45s} {n / 1e9:9.1f} GFLOP")
+        print(format_flops_by_op(r["iter_flops_by_op"]))
         print(f"  matmul rate (mm 2048^2, fp32)      {r['rate'] / 1e9:9.1f} GFLOP/s")
         print(f"  floor = FLOPs / rate               {floor:9.2f} s")
         print(f"  seconds / iteration (median)       {median:9.2f} s   "

@@ -2,7 +2,7 @@
 
 At the paper's size the projector map is 88 x 188 x 64 (N = 16,544 pixels, batch 1) and
 K = 250. Each variant runs in a fresh subprocess so that its peak resident memory
-(``ru_maxrss``; on CUDA ``torch.cuda.max_memory_allocated``) is its own; a "baseline"
+(``benchmarks.measure.peak_rss_mib``; on CUDA ``torch.cuda.max_memory_allocated``) is its own; a "baseline"
 subprocess that only builds the inputs gives the memory to subtract.
 
     python benchmarks/bench_rnsf.py                # paper size (reference: ~9.5 GB RAM, ~1 min on 1 thread)
@@ -11,13 +11,14 @@ subprocess that only builds the inputs gives the memory to subtract.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.measure import emit, peak_rss_mib, run_child, set_threads  # noqa: E402
 
 PAPER_H, PAPER_W, PAPER_D = 88, 188, 64
 
@@ -41,16 +42,14 @@ def _peak_mib(device) -> float:
     import torch
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    return peak_rss_mib()
 
 
 def _child(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
     from utils.rnsf import rnsf_loss, rnsf_loss_reference
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     device = torch.device(args.device)
     h, w = max(2, round(PAPER_H * args.size)), max(2, round(PAPER_W * args.size))
     g = torch.Generator().manual_seed(0)
@@ -66,7 +65,7 @@ def _child(args: argparse.Namespace) -> None:
         sync()
         torch.cuda.reset_peak_memory_stats(device)
     result = {"variant": args.variant, "n": args.batch * h * w, "h": h, "w": w,
-              "threads": torch.get_num_threads(), "times": []}
+              "threads": threads, "times": []}
     if args.variant != "baseline":
         fn = rnsf_loss if args.variant == "fast" else rnsf_loss_reference
         repeats = args.repeats if args.variant == "fast" else args.ref_repeats
@@ -84,19 +83,18 @@ def _child(args: argparse.Namespace) -> None:
             result["grad_norm"] = sum(p.grad.double().norm().item() ** 2 for p in projs) ** 0.5
             del loss
     result["peak_mib"] = _peak_mib(device)
-    print(json.dumps(result))
+    emit(result)
 
 
 def _run_variant(args: argparse.Namespace, variant: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--size", str(args.size),
-           "--dim", str(args.dim), "--batch", str(args.batch), "--k", str(args.k), "--mode", args.mode,
-           "--repeats", str(args.repeats), "--ref-repeats", str(args.ref_repeats), "--device", args.device,
-           "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"[{variant}] failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    argv = ["--variant", variant, "--size", str(args.size), "--dim", str(args.dim), "--batch", str(args.batch),
+            "--k", str(args.k), "--mode", args.mode, "--repeats", str(args.repeats),
+            "--ref-repeats", str(args.ref_repeats), "--device", args.device, "--threads", str(args.threads)]
+    result = run_child(Path(__file__).resolve(), argv)
+    if "error" in result:
+        print(f"[{variant}] failed: {result['error']}")
         return {}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,176 @@
+"""Benchmark: one segmentation training iteration on CPU (prints numbers, asserts nothing).
+
+The iteration is the trainer's own, :func:`utils.steps.segmentation_step` (METHOD.md
+sections 3-5, batch 1): RSGM images from the registration outputs, one forward pass of
+the segmenter over ``[x_l, g1, g2, u_neg]``, ``L_seg + L_rs + 0.1 L_rnsf`` (K = 250), one
+backward, one AdamW step. Variants, each in a fresh subprocess:
+
+- ``cached`` (what the trainer does): the registration outputs come from a stand-in for
+  :class:`networks.rsgm.RegistrationOutputCache` holding fixed smooth random ``w``, ``phi``;
+  the registration net does not run in the iteration;
+- ``live`` (what the published code did): a real :class:`RegistrationNet` (eval, no grad)
+  registers ``u1 -> x_l`` and ``x_l -> u2`` in every iteration
+  (:func:`networks.rsgm.registration_outputs`);
+- ``supervised``: ``SegmentationConfig(use_rsgm=False, use_rnsf=False)``, batch ``[x_l]``.
+
+Printed: FLOPs of the iteration (``FlopCounterMode``: matmuls and convolutions, forward
+and backward), the fp32 matmul rate (``torch.mm`` 2048 x 2048), floor = the segmenter's
+FLOPs (the ``cached`` iteration's) / rate, median seconds per iteration after a warm-up and
+its ratio to that floor, peak resident memory of each subprocess and of a baseline one
+that only builds the nets and the batch.
+
+    python benchmarks/bench_segmentation.py                   # 350 x 740, 3 timed iterations
+    python benchmarks/bench_segmentation.py --height 128 --width 256 --iters 2
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import (count_flops, emit, format_flops_by_op, matmul_rate,  # noqa: E402
+                                peak_rss_mib, run_child, set_threads, time_calls)
+
+VARIANTS = ("cached", "live", "supervised")
+PUBLISHED = "the published implementation took 91.7 s and 12.2 GB per iteration"
+TARGETS = "targets: cached iteration <= 1.3 x the segmenter's floor, <= 3 GB peak"
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--height", type=int, default=350)
+    ap.add_argument("--width", type=int, default=740)
+    ap.add_argument("--iters", type=int, default=3, help="timed iterations per variant (after 1 warm-up)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--child", choices=("baseline",) + VARIANTS, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+class FixedOutputs:
+    """Stand-in for :class:`networks.rsgm.RegistrationOutputCache`: ``get`` returns the same
+    ``w [B, 1, H, W]`` and ``phi [B, 2, H, W]`` for every name."""
+
+    def __init__(self, w, phi) -> None:
+        self.w, self.phi = w, phi
+
+    def get(self, atlas_names, u1_names, u2_names, device):
+        return self.w.to(device), self.phi.to(device)
+
+
+class LiveOutputs:
+    """The published code's way: run the frozen registration net on the batch's images in
+    every ``get`` (:func:`networks.rsgm.registration_outputs`, both registrations)."""
+
+    def __init__(self, reg_net, batch: dict) -> None:
+        self.reg_net, self.batch = reg_net, batch
+
+    def get(self, atlas_names, u1_names, u2_names, device):
+        from networks.rsgm import registration_outputs
+        b = {k: v.to(device) for k, v in self.batch.items() if hasattr(v, "to")}
+        return registration_outputs(self.reg_net, b["x_l"], b["u1_on_l"], b["x_l_on_u2"], b["u2"],
+                                    b["field_l_u2"])
+
+
+def _smooth(generator, *shape, passes: int = 3):
+    """Random ``[1, C, H, W]`` values in [0, 1], box-blurred (so losses and warps are not degenerate)."""
+    import torch
+    x = torch.rand(*shape, generator=generator)
+    for _ in range(passes):
+        x = torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False)
+    return (x - x.min()) / (x.max() - x.min())
+
+
+def _batch(height: int, width: int) -> tuple[dict, object, object]:
+    """A ``SegmentationTrainSet``-like batch of 1 (the pre-alignment is the identity, so
+    ``u1_on_l = u1``) and fixed registration outputs ``w``, ``phi`` (up to ~8 px)."""
+    import torch
+    from utils.onehot import one_hot
+    g = torch.Generator().manual_seed(0)
+    x_l, u1, u2, u_neg, w = (_smooth(g, 1, 1, height, width) for _ in range(5))
+    gland = (_smooth(g, 1, 1, height, width)[:, 0] > 0.6).long()
+    phi = 16.0 * (_smooth(g, 1, 2, height, width, passes=6) - 0.5)
+    batch = {"x_l": x_l, "y_l": one_hot(gland, 2).float(), "u1": u1, "u2": u2, "u_neg": u_neg,
+             "u1_on_l": u1, "x_l_on_u2": x_l, "field_l_u2": torch.zeros(1, 2, height, width),
+             "atlas_name": ["P001_1"], "u1_name": ["P001_2"], "u2_name": ["P001_3"], "neg_name": ["P002_1"]}
+    return batch, w, phi
+
+
+def _child(args: argparse.Namespace) -> None:
+    import torch
+
+    from networks.registration_net import RegistrationNet
+    from networks.segmentation_net import SegmentationNet
+    from utils.steps import SegmentationConfig, segmentation_step
+
+    result = {"threads": set_threads(args.threads)}
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    batch, w, phi = _batch(args.height, args.width)
+    net = SegmentationNet().train()
+    reg_net = RegistrationNet().eval() if args.child in ("baseline", "live") else None
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-6)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    if args.child == "baseline":
+        result["peak_mib"] = peak_rss_mib()
+        emit(result)
+        return
+    cache = LiveOutputs(reg_net, batch) if args.child == "live" else FixedOutputs(w, phi)
+    semi = args.child != "supervised"
+    config = SegmentationConfig(use_rsgm=semi, use_rnsf=semi)
+    generator = torch.Generator().manual_seed(0)
+
+    def iteration() -> None:
+        segmentation_step(net, optimizer, scaler, batch, cache, config, 1.0, generator, device)
+
+    result["rate"] = matmul_rate()
+    result["iter_s"] = time_calls(iteration, args.iters, warmup=1)
+    result["peak_mib"] = peak_rss_mib()  # before FLOP counting (which runs the same ops again)
+    result["iter_flops"], result["iter_flops_by_op"] = count_flops(iteration)
+    emit(result)
+
+
+def main(argv=None) -> None:
+    args = _parse(argv)
+    if args.child:
+        _child(args)
+        return
+    common = ["--height", str(args.height), "--width", str(args.width), "--iters", str(args.iters),
+              "--threads", str(args.threads)]
+    print(f"segmentation training iteration (utils.steps.segmentation_step), {args.height} x {args.width}, "
+          f"batch 1, CPU, RSGM + RNSF (K = 250), {args.iters} timed iterations after 1 warm-up")
+    base = run_child(Path(__file__).resolve(), ["--child", "baseline", *common])
+    base_mib = base.get("peak_mib", float("nan"))
+    print(f"baseline (segmenter, registration net, batch only): peak RSS {base_mib:.0f} MiB, "
+          f"threads {base.get('threads')}")
+    results = {v: run_child(Path(__file__).resolve(), ["--child", v, *common]) for v in args.variants}
+    seg_floor = None
+    if "error" not in results.get("cached", {"error": ""}):
+        seg_floor = results["cached"]["iter_flops"] / results["cached"]["rate"]
+    for variant, r in results.items():
+        if "error" in r:
+            print(f"\n[{variant}] failed: {r['error']}")
+            continue
+        median = statistics.median(r["iter_s"])
+        floor = r["iter_flops"] / r["rate"]
+        print(f"\n[{variant}]")
+        print(f"  FLOPs training iteration           {r['iter_flops'] / 1e9:9.1f} GFLOP")
+        print(format_flops_by_op(r["iter_flops_by_op"]))
+        print(f"  matmul rate (mm 2048^2, fp32)      {r['rate'] / 1e9:9.1f} GFLOP/s")
+        print(f"  floor = FLOPs / rate               {floor:9.2f} s")
+        print(f"  seconds / iteration (median)       {median:9.2f} s   "
+              f"(all: {', '.join(f'{t:.2f}' for t in r['iter_s'])})")
+        print(f"  ratio to its own floor             {median / floor:9.2f}")
+        if seg_floor is not None:
+            print(f"  ratio to the segmenter's floor     {median / seg_floor:9.2f}   (cached iteration's FLOPs)")
+        print(f"  peak RSS                           {r['peak_mib']:9.0f} MiB (+{r['peak_mib'] - base_mib:.0f} "
+              f"over baseline)")
+    print(f"\nreference point: {PUBLISHED}; {TARGETS}.")
+
+
+if __name__ == "__main__":
+    main()

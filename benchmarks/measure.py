@@ -1,0 +1,115 @@
+"""Measuring helpers shared by the benchmark scripts (they print numbers, assert nothing).
+
+Protocol: a benchmark runs each variant in a fresh subprocess (``run_child``) so that the
+variant's peak memory is its own; the child prints its result as one JSON line
+(``emit``), the parent parses it. The parent process must stay light (no torch import):
+on Linux ``ru_maxrss`` survives ``exec``, so a child would report at least the parent's
+peak. ``peak_rss_mib`` therefore reads ``VmHWM`` (the high-water mark of the process's
+own address space, fresh after ``exec``) and falls back to ``ru_maxrss`` elsewhere.
+Torch is imported inside the functions that need it, for the same reason.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "RESULT "
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (``VmHWM``; else ``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def set_threads(threads: int) -> int:
+    """``torch.set_num_threads(threads)`` unless 0 (torch's default); returns the count in use."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def matmul_rate(size: int = 2048, repeats: int = 7) -> float:
+    """Median fp32 ``torch.mm`` rate in FLOP/s for ``size x size`` matrices (2 warm-ups)."""
+    import torch
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        torch.mm(a, b)
+    return 2 * size ** 3 / statistics.median(time_calls(lambda: torch.mm(a, b), repeats, warmup=0))
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def register_missing_flops() -> None:
+    """Teach ``FlopCounterMode`` the ops missing from its table: the CPU flash-attention ops
+    (``scaled_dot_product_attention`` on CPU) and the in-place ``addmm_`` (the chunked
+    attention's accumulations). Idempotent."""
+    import torch
+    from torch.utils import flop_counter as fc
+    aten = torch.ops.aten
+    if aten.addmm_ not in fc.flop_registry:
+        fc.register_flop_formula(aten.addmm_, get_raw=True)(fc.addmm_flop)  # already shape-wrapped
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is not None and forward not in fc.flop_registry:
+        fc.register_flop_formula(forward)(
+            lambda q, k, v, *args, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
+    if backward is not None and backward not in fc.flop_registry:
+        fc.register_flop_formula(backward)(
+            lambda grad_out, q, k, v, *args, out_shape=None, **kw: fc.sdpa_backward_flop_count(grad_out, q, k, v))
+
+
+def count_flops(fn: Callable[[], object]) -> tuple[int, dict[str, int]]:
+    """FLOPs of one call of ``fn`` (``FlopCounterMode``: matmuls and convolutions only, with
+    :func:`register_missing_flops`): ``(total, {op name: flops})``."""
+    from torch.utils.flop_counter import FlopCounterMode
+    register_missing_flops()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops(), {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def emit(result: dict) -> None:
+    """Print a child's result for :func:`run_child` (one JSON line)."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_child(script: str | Path, argv: Sequence[str]) -> dict:
+    """Run ``python script *argv`` in a fresh process from the repository root and return the
+    dict it :func:`emit`-ted, or ``{"error": last stderr line}`` when it failed."""
+    done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, cwd=ROOT)
+    results = [line[len(RESULT_PREFIX):] for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not results:
+        return {"error": f"exit {done.returncode}: " + ((done.stderr.strip().splitlines() or ["?"])[-1])}
+    return json.loads(results[-1])
+
+
+def format_flops_by_op(by_op: dict[str, int], indent: str = "      ") -> str:
+    """One line per op, largest first, in GFLOP."""
+    return "\n".join(f"{indent}{op:<45s} {n / 1e9:9.1f} GFLOP"
+                     for op, n in sorted(by_op.items(), key=lambda kv: -kv[1]))
