@@ -32,7 +32,7 @@ from networks.segmentation_net import SegmentationNet
 from utils.cli import add_common_args
 from utils.errors import InputError, run_cli
 from utils.evaluation import evaluate_registration, evaluate_segmentation, segment_probabilities
-from utils.metrics import summarise
+from utils.metrics import HD95_EMPTY_POLICY, summarise
 from utils.training import find_best_checkpoint, run_dir_for, select_device, use_amp
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask, save_png, tp_fp_fn_overlay
 
@@ -137,8 +137,7 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
         write_csv(out_dir / "summary.csv", summary, summary_columns(SEG_METRICS, summary))
         empties = summary[-1]["hd95_empty_cases"]
         print(f"{exp}: {len(rows)} test images -> {out_dir / 'per_image.csv'}, {out_dir / 'summary.csv'}"
-              + (f"; HD95 empty-mask cases: {empties} (both empty = 0, one empty = image diagonal)"
-                 if empties else ""))
+              + (f"; {empties} image(s) with an empty mask ({HD95_EMPTY_POLICY})" if empties else ""))
         table.append((exp, summary[-1]))
     print_table(f"Test set, folds {','.join(map(str, folds))} (mean +- std over images; HD95 in "
                 f"{'pixels' if args.pixel_size == 1 else 'units of --pixel-size'})", table, SEG_METRICS)

@@ -29,7 +29,7 @@ from utils.errors import InputError, run_cli
 from utils.evaluation import evaluate_segmentation
 from utils.metrics import summarise
 from utils.steps import SegmentationConfig, finite_check, segmentation_step
-from utils.training import (CheckpointManager, find_best_checkpoint, make_writer,
+from utils.training import (CheckpointManager, find_best_checkpoint, make_generator, make_writer,
                             prepare_run_dir, ramp_up, restore_rng_state, rng_state, run_dir_for,
                             seed_everything, seed_worker, select_device, use_amp)
 from utils.visualise import image_grid_panel
@@ -125,7 +125,7 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.t_max, eta_min=args.eta_min)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    coefficient_rng = torch.Generator().manual_seed(args.seed + k)
+    coefficient_rng = make_generator(args.seed + k)
     checkpoints = CheckpointManager(run_dir, keep=args.keep_best)
     writer = make_writer(run_dir)
     start_epoch, best_score = 0, -np.inf

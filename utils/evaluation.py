@@ -7,7 +7,7 @@ Segmentation: argmax masks of every image against its label.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from networks.spatial_transformer import warp
-from utils.metrics import evaluate_mask, mask_metrics
+from utils.metrics import evaluate_mask, masks_from_scores, warped_mask_metrics
 
 
 def folding_fraction(field: torch.Tensor) -> tuple[float, float]:
@@ -53,19 +53,17 @@ def evaluate_registration(net: Callable[[torch.Tensor, torch.Tensor], torch.Tens
         net.eval()
     rows = []
     for batch in tqdm(_loader(pairs), desc="registration eval", leave=False, disable=not progress):
-        fixed_label = batch["fixed_label"][0].argmax(0).numpy().astype(bool)
-        affine_mask = batch["moving_label_aligned"][0].argmax(0).numpy().astype(bool)
-        affine = mask_metrics(affine_mask, fixed_label)
+        fixed_label = batch["fixed_label"].to(device)
+        aligned_label = batch["moving_label_aligned"].to(device)
+        affine = warped_mask_metrics(aligned_label, fixed_label)[0]
         row = {"moving": batch["moving_name"][0], "fixed": batch["fixed_name"][0],
                "patient": batch["patient"][0], "fold": fold,
                "affine_iou": affine["iou"], "affine_dice": affine["dice"], "affine_recall": affine["recall"]}
         if net is not None:
             moving = batch["moving_aligned"].to(device)
-            fixed = batch["fixed"].to(device)
-            flow = net(moving, fixed)
-            warped_label = warp(batch["moving_label_aligned"].to(device), flow, mode="nearest")
-            warped_mask = warped_label[0].argmax(0).cpu().numpy().astype(bool)
-            scores = mask_metrics(warped_mask, fixed_label)
+            flow = net(moving, batch["fixed"].to(device))
+            warped_label = warp(aligned_label, flow, mode="nearest")
+            scores = warped_mask_metrics(warped_label, fixed_label)[0]
             fold_frac, jac_mean = folding_fraction(flow[0])
             row.update(iou=scores["iou"], dice=scores["dice"], recall=scores["recall"],
                        folding_fraction=fold_frac, jacobian_mean=jac_mean)
@@ -100,8 +98,8 @@ def evaluate_segmentation(net: torch.nn.Module, images: Dataset, device: torch.d
     rows = []
     for batch in tqdm(_loader(images), desc="segmentation eval", leave=False, disable=not progress):
         probs = segment_probabilities(net, batch["image"].to(device), amp)
-        pred = probs[0].argmax(0).cpu().numpy().astype(bool)
-        gt = batch["label"][0].argmax(0).numpy().astype(bool)
+        pred = masks_from_scores(probs)[0].cpu().numpy()
+        gt = masks_from_scores(batch["label"])[0].numpy()
         scores = evaluate_mask(pred, gt, pixel_size=pixel_size)
         rows.append({"name": batch["name"][0], "patient": batch["patient"][0], "fold": fold,
                      "iou": scores["iou"], "dice": scores["dice"], "hd95": scores["hd95"],
@@ -112,9 +110,3 @@ def evaluate_segmentation(net: torch.nn.Module, images: Dataset, device: torch.d
     if was_training:
         net.train()
     return rows
-
-
-def mean_of(rows: Iterable[dict], key: str) -> float:
-    """Mean of ``row[key]`` over rows (NaN for no rows)."""
-    values = [float(r[key]) for r in rows]
-    return float(np.mean(values)) if values else float("nan")

@@ -36,9 +36,6 @@ import numpy as np
 import torch
 from medpy.metric.binary import hd95 as _medpy_hd95
 
-MASK_KEYS = ("iou", "dice", "recall", "accuracy")
-EVAL_KEYS = ("iou", "dice", "recall", "accuracy", "hd95")
-
 HD95_EMPTY_POLICY = ("HD95 with an empty mask: both empty -> 0, exactly one empty -> the image "
                      "diagonal sqrt(H^2 + W^2) (times the pixel size); such images are counted, "
                      "not dropped")
