@@ -27,7 +27,7 @@ from utils.evaluation import evaluate_registration
 from utils.metrics import summarise
 from utils.steps import RegistrationWeights, finite_check, registration_step
 from utils.training import (CheckpointManager, make_writer, prepare_run_dir,
-                            restore_rng_state, rng_state, run_dir_for, seed_everything, seed_worker,
+                            run_dir_for, seed_everything, seed_worker,
                             select_device)
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask
 
@@ -85,17 +85,9 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     checkpoints = CheckpointManager(run_dir, keep=args.keep_best)
     writer = make_writer(run_dir)
-    start_epoch, best_score = 0, -np.inf
-    if args.resume:
-        state = checkpoints.load_last(map_location=device)
-        if state is None:
-            print(f"fold {k}: no {run_dir / 'last.pth'} to resume from; starting from scratch")
-        else:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, best_score = state["epoch"] + 1, state.get("best_score", -np.inf)
-            restore_rng_state(state["rng"])
-            print(f"fold {k}: resumed from {run_dir / 'last.pth'} after epoch {start_epoch}")
+    stateful = {"model": net, "optimizer": optimizer}
+    start_epoch, best_score = (checkpoints.resume(stateful, device, f"fold {k}") if args.resume
+                               else (0, -np.inf))
 
     if start_epoch == 0:
         affine = summarise(evaluate_registration(None, val_pairs, device, k, progress),
@@ -131,15 +123,10 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
         for key in VAL_KEYS + ("folding_fraction",):
             writer.add_scalar(f"val/{key}", summary[f"{key}_mean"], epoch + 1)
         writer.add_scalar("val/score_iou+dice+recall", score, epoch + 1)
-        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "score": score, "args": vars(args), "fold": k, "kind": "registration"}
-        if checkpoints.maybe_save_best(state, score, epoch + 1):
-            best_score = max(best_score, score)
+        best_score = checkpoints.save_epoch(stateful, epoch, score, args=vars(args), fold=k, kind="registration")
         writer.add_scalar("val/best_score", best_score, epoch + 1)
         if args.panel_every > 0 and ((epoch + 1) % args.panel_every == 0 or epoch + 1 == args.epochs):
             log_validation_panel(writer, net, val_pairs, device, epoch + 1)
-        state.update(rng=rng_state(), best_score=best_score)
-        checkpoints.save_last(state)
         writer.flush()
         print(f"fold {k} epoch {epoch + 1}: val IoU {summary['iou_mean']:.4f} Dice {summary['dice_mean']:.4f} "
               f"recall {summary['recall_mean']:.4f} (best score {best_score:.4f}) "

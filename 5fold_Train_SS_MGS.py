@@ -30,7 +30,7 @@ from utils.evaluation import evaluate_segmentation
 from utils.metrics import summarise
 from utils.steps import SegmentationConfig, finite_check, segmentation_step
 from utils.training import (CheckpointManager, find_best_checkpoint, make_generator, make_writer,
-                            prepare_run_dir, ramp_up, restore_rng_state, rng_state, run_dir_for,
+                            prepare_run_dir, ramp_up, run_dir_for,
                             seed_everything, seed_worker, select_device, use_amp)
 from utils.visualise import image_grid_panel
 
@@ -128,20 +128,10 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
     coefficient_rng = make_generator(args.seed + k)
     checkpoints = CheckpointManager(run_dir, keep=args.keep_best)
     writer = make_writer(run_dir)
-    start_epoch, best_score = 0, -np.inf
-    if args.resume:
-        state = checkpoints.load_last(map_location=device)
-        if state is None:
-            print(f"fold {k}: no {run_dir / 'last.pth'} to resume from; starting from scratch")
-        else:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            coefficient_rng.set_state(state["coefficient_rng"])
-            start_epoch, best_score = state["epoch"] + 1, state.get("best_score", -np.inf)
-            restore_rng_state(state["rng"])
-            print(f"fold {k}: resumed from {run_dir / 'last.pth'} after epoch {start_epoch}")
+    stateful = {"model": net, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
+                "coefficient_rng": coefficient_rng}
+    start_epoch, best_score = (checkpoints.resume(stateful, device, f"fold {k}") if args.resume
+                               else (0, -np.inf))
 
     net.train()
     step = start_epoch * args.iters
@@ -172,14 +162,8 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
             writer.add_scalar(f"val/{key}", summary[f"{key}_mean"], epoch + 1)
         writer.add_scalar("val/hd95_empty_cases", empties, epoch + 1)
         score = summary["iou_mean"]
-        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                 "score": score, "args": vars(args), "fold": k, "kind": "segmentation"}
-        if checkpoints.maybe_save_best(state, score, epoch + 1):
-            best_score = max(best_score, score)
+        best_score = checkpoints.save_epoch(stateful, epoch, score, args=vars(args), fold=k, kind="segmentation")
         writer.add_scalar("val/best_iou", best_score, epoch + 1)
-        state.update(rng=rng_state(), best_score=best_score, coefficient_rng=coefficient_rng.get_state())
-        checkpoints.save_last(state)
         writer.flush()
         print(f"fold {k} epoch {epoch + 1}: val IoU {summary['iou_mean']:.4f} Dice {summary['dice_mean']:.4f} "
               f"HD95 {summary['hd95_mean']:.2f} (empty-mask cases {empties}; best IoU {best_score:.4f}) "

@@ -266,3 +266,41 @@ def test_save_png_is_rgb(tmp_path):
     back = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR
     assert back[0, 0].tolist() == [0, 0, 255]
     assert back[1, 1].tolist() == [0, 0, 0]
+
+
+def test_save_epoch_and_resume_restore_every_stateful_object(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(7)
+    net(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    manager = CheckpointManager(tmp_path, keep=2)
+    stateful = {"model": net, "optimizer": optimizer, "sampler": generator}
+    assert manager.save_epoch(stateful, 0, 0.5, fold=1) == 0.5
+    assert manager.save_epoch(stateful, 1, 0.3, fold=1) == 0.5  # best so far stays
+    expected_weight = net.weight.detach().clone()
+    expected_draw = torch.rand(3, generator=generator)
+    expected_global = torch.rand(3)
+
+    torch.manual_seed(123)
+    fresh_net = torch.nn.Linear(3, 2)
+    fresh_optimizer = torch.optim.Adam(fresh_net.parameters(), lr=0.1)
+    fresh_generator = torch.Generator().manual_seed(99)
+    done, best = CheckpointManager(tmp_path, keep=2).resume(
+        {"model": fresh_net, "optimizer": fresh_optimizer, "sampler": fresh_generator}, "cpu", "test")
+    assert (done, best) == (2, 0.5)
+    assert torch.equal(fresh_net.weight, expected_weight)
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
+    assert torch.equal(torch.rand(3, generator=fresh_generator), expected_draw)
+    assert torch.equal(torch.rand(3), expected_global)
+
+
+def test_resume_without_last_starts_from_scratch(tmp_path, capsys):
+    assert CheckpointManager(tmp_path).resume({}, "cpu", "fold 1") == (0, float("-inf"))
+    assert "starting from scratch" in capsys.readouterr().out
+
+
+def test_save_epoch_refuses_reserved_names(tmp_path):
+    with pytest.raises(ValueError, match="reserved"):
+        CheckpointManager(tmp_path).save_epoch({"rng": torch.Generator()}, 0, 1.0)

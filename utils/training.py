@@ -201,6 +201,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def _state_of(obj: Any) -> Any:
+    return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+
+
 def _best_name(epoch: int, score: float) -> str:
     return f"best_epoch{int(epoch):03d}_score{score:.4f}.pth"
 
@@ -296,6 +300,44 @@ class CheckpointManager:
         for old in dropped:
             (self.run_dir / old["file"]).unlink(missing_ok=True)
         return True
+
+    def save_epoch(self, stateful: Mapping[str, Any], epoch: int, score: float, **extra: Any) -> float:
+        """End of (0-based) ``epoch``: a best checkpoint if ``score`` ranks, then last.pth.
+
+        ``stateful``: name -> model / optimizer / scheduler / GradScaler (``state_dict``)
+        or ``torch.Generator`` (``get_state``); ``extra`` (args, fold, ...) is stored
+        as is. Returns the best score so far.
+        """
+        reserved = {"rng", "best_score", "epoch", "score"} & (set(stateful) | set(extra))
+        if reserved:
+            raise ValueError(f"save_epoch: names {sorted(reserved)} are reserved")
+        state = {name: _state_of(obj) for name, obj in stateful.items()}
+        state.update(extra, epoch=int(epoch), score=float(score))
+        self.maybe_save_best(state, score, epoch + 1)
+        best = self.best[0]["score"] if self.best else -math.inf
+        state.update(rng=rng_state(), best_score=best)
+        self.save_last(state)
+        return best
+
+    def resume(self, stateful: Mapping[str, Any], map_location: Any, label: str = "") -> tuple[int, float]:
+        """Load last.pth into ``stateful`` (as for :meth:`save_epoch`) and the global RNGs.
+
+        Returns ``(epochs done, best score)``; ``(0, -inf)`` with a message when there
+        is no last.pth.
+        """
+        state = self.load_last(map_location)
+        if state is None:
+            print(f"{label}: no {self.last_path} to resume from; starting from scratch")
+            return 0, -math.inf
+        for name, obj in stateful.items():
+            if isinstance(obj, torch.Generator):
+                obj.set_state(state[name])
+            else:
+                obj.load_state_dict(state[name])
+        restore_rng_state(state["rng"])
+        done = int(state["epoch"]) + 1
+        print(f"{label}: resumed from {self.last_path} after epoch {done}")
+        return done, float(state.get("best_score", -math.inf))
 
     def _sort(self) -> None:
         self.best.sort(key=lambda e: (-e["score"], e["epoch"]))
