@@ -117,30 +117,38 @@ def print_table(title: str, table: list[tuple[str, dict]], metrics: list[str]) -
         print(f"{label:<{width}}{cells}")
 
 
-def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
-    amp = use_amp(args.amp, device)
+def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, csv_name: str,
+                      columns: list[str], metrics: list[str], title: str) -> None:
+    """For each ``--exp``: rows of every fold (``score_fold(exp, k, folder, out_dir)``), the
+    per-item CSV, summary.csv, and one line of the printed side-by-side table."""
     folder = DatasetFolder(args.data_dir, resize=args.resize)
     table = []
     for exp in args.exp:
         out_dir = Path(args.runs_dir) / exp / "test"
-        rows = []
-        for k in folds:
-            data = open_fold(args.data_dir, k, folder=folder, need_prealign=False)
-            path = checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py")
-            net, _ = load_network(path, SegmentationNet(), device)
-            images = SegmentationEvalSet(data.folder, data.fold.test)
-            save = _overlay_saver(out_dir / "images") if args.save_images else None
-            rows += evaluate_segmentation(net, images, device, k, amp=amp, pixel_size=args.pixel_size,
-                                          progress=not args.no_progress, keep_outputs=save)
-        write_csv(out_dir / "per_image.csv", rows, SEG_COLUMNS)
-        summary = summary_rows(rows, SEG_METRICS, folds)
-        write_csv(out_dir / "summary.csv", summary, summary_columns(SEG_METRICS, summary))
-        empties = summary[-1]["hd95_empty_cases"]
-        print(f"{exp}: {len(rows)} test images -> {out_dir / 'per_image.csv'}, {out_dir / 'summary.csv'}"
+        rows = [row for k in folds for row in score_fold(exp, k, folder, out_dir)]
+        write_csv(out_dir / csv_name, rows, columns)
+        summary = summary_rows(rows, metrics, folds)
+        write_csv(out_dir / "summary.csv", summary, summary_columns(metrics, summary))
+        empties = summary[-1].get("hd95_empty_cases", 0)
+        print(f"{exp}: {len(rows)} rows -> {out_dir / csv_name}, {out_dir / 'summary.csv'}"
               + (f"; {empties} image(s) with an empty mask ({HD95_EMPTY_POLICY})" if empties else ""))
         table.append((exp, summary[-1]))
-    print_table(f"Test set, folds {','.join(map(str, folds))} (mean +- std over images; HD95 in "
-                f"{'pixels' if args.pixel_size == 1 else 'units of --pixel-size'})", table, SEG_METRICS)
+    print_table(f"{title}, folds {','.join(map(str, folds))}", table, metrics)
+
+
+def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
+    amp = use_amp(args.amp, device)
+
+    def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
+        data = open_fold(args.data_dir, k, folder=folder, need_prealign=False)
+        net, _ = load_network(checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py"), SegmentationNet(), device)
+        save = _overlay_saver(out_dir / "images") if args.save_images else None
+        return evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test), device, k, amp=amp,
+                                     pixel_size=args.pixel_size, progress=not args.no_progress, keep_outputs=save)
+
+    unit = "pixels" if args.pixel_size == 1 else "units of --pixel-size"
+    score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS,
+                      f"Segmentation of test images (mean +- std over images; HD95 in {unit})")
 
 
 def _overlay_saver(folder: Path):
@@ -154,26 +162,15 @@ def _overlay_saver(folder: Path):
 
 
 def test_registration(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
-    folder = DatasetFolder(args.data_dir, resize=args.resize)
-    table = []
-    for exp in args.exp:
-        out_dir = Path(args.runs_dir) / exp / "test"
-        rows = []
-        for k in folds:
-            data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
-            path = checkpoint_for(args, exp, k, "5fold_Train_Reg.py")
-            net, _ = load_network(path, RegistrationNet(), device)
-            pairs = RegistrationPairSet(data.folder, data.fold.test, data.prealign)
-            save = _panel_saver(out_dir / "images") if args.save_images else None
-            rows += evaluate_registration(net, pairs, device, k, progress=not args.no_progress,
-                                          keep_outputs=save)
-        write_csv(out_dir / "per_pair.csv", rows, REG_COLUMNS)
-        summary = summary_rows(rows, REG_METRICS, folds)
-        write_csv(out_dir / "summary.csv", summary, summary_columns(REG_METRICS, summary))
-        print(f"{exp}: {len(rows)} test pairs -> {out_dir / 'per_pair.csv'}, {out_dir / 'summary.csv'}")
-        table.append((exp, summary[-1]))
-    print_table(f"Registration on test pairs, folds {','.join(map(str, folds))} (mean +- std over pairs)",
-                table, REG_METRICS)
+    def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
+        data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
+        net, _ = load_network(checkpoint_for(args, exp, k, "5fold_Train_Reg.py"), RegistrationNet(), device)
+        save = _panel_saver(out_dir / "images") if args.save_images else None
+        return evaluate_registration(net, RegistrationPairSet(data.folder, data.fold.test, data.prealign),
+                                     device, k, progress=not args.no_progress, keep_outputs=save)
+
+    score_experiments(args, folds, score_fold, "per_pair.csv", REG_COLUMNS, REG_METRICS,
+                      "Registration of ordered test pairs (mean +- std over pairs)")
 
 
 def _panel_saver(folder: Path):
