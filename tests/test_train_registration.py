@@ -85,3 +85,21 @@ def test_training_beats_affine_alone(bent_dataset, tmp_path):
     summary = summarise(rows, ["affine_dice", "dice", "folding_fraction"])
     assert summary["dice_mean"] > summary["affine_dice_mean"] + 0.03, summary
     assert summary["folding_fraction_mean"] < 0.05
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bent_dataset, tmp_path, monkeypatch):
+    import utils.steps
+    from utils.training import TrainingDiverged, load_checkpoint
+
+    runs = tmp_path / "runs"
+    args = ["--data-dir", str(bent_dataset), "--fold", "1", "--exp", "R", "--runs-dir", str(runs), "--device", "cpu",
+            "--iters", "2", "--workers", "0", "--no-progress"]
+    script = _script("5fold_Train_Reg.py")
+    script.main(args + ["--epochs", "1"])
+    last = runs / "R" / "fold1" / "last.pth"
+    before = last.read_bytes()
+    monkeypatch.setattr(utils.steps, "ssim_loss", lambda x, y: torch.tensor(float("nan")))
+    with pytest.raises(TrainingDiverged, match=r"'ssim' is nan at epoch 2, iteration 1.*last good checkpoint"):
+        script.main(args + ["--epochs", "2", "--resume"])
+    assert last.read_bytes() == before
+    assert load_checkpoint(last)["epoch"] == 0
