@@ -13,8 +13,8 @@ from typing import Sequence
 from torch.utils.data import Dataset
 
 from dataloaders.dataset import DatasetFolder, Subject
-from dataloaders.registration_data import (ImageCache, IterationDataset, check_pairs, check_size,
-                                           pick, pick_two, warp_image)
+from dataloaders.sampling import (ImageCache, IterationDataset, check_pairs, check_size, pick, pick_two,
+                                  warp_image)
 from utils.errors import InputError
 
 

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 
 import dataloaders.dataset as dataset_module
 from dataloaders.dataset import DatasetFolder, load_fold
-from dataloaders.registration_data import ImageCache, RegistrationPairSet, RegistrationTrainSet
+from dataloaders.registration_data import RegistrationPairSet, RegistrationTrainSet
+from dataloaders.sampling import ImageCache
 from dataloaders.segmentation_data import SegmentationEvalSet, SegmentationTrainSet
 from networks.spatial_transformer import field_from_affine
 from utils.errors import InputError
