@@ -16,6 +16,8 @@ per direction, one Adam step. Printed per variant of the position attention:
 - peak resident memory of a fresh subprocess per variant, and of a baseline subprocess
   that only builds the net and inputs.
 
+Children call ``utils.steps.keep_freed_memory()`` unless ``--default-malloc``.
+
 Variants: ``chunked`` (the default ``attention_impl="auto"`` on CPU) and ``reference``
 (plain materialised ``softmax(q k^T) v``: ~(HW/16)^2 floats per PAM, several GB at 350 x 740).
 
@@ -25,25 +27,22 @@ Variants: ``chunked`` (the default ``attention_impl="auto"`` on CPU) and ``refer
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import (count_flops, emit, format_flops_by_op, matmul_rate,  # noqa: E402
-                                peak_rss_mib, run_child, set_threads, time_calls)
+from benchmarks.measure import (add_iteration_args, count_flops, describe_setup, emit,  # noqa: E402
+                                iteration_argv, iteration_report, matmul_rate, peak_rss_mib, run_child,
+                                setup_child, time_calls)
 
 VARIANTS = ("chunked", "reference")
 
 
 def _parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--height", type=int, default=350)
-    ap.add_argument("--width", type=int, default=740)
-    ap.add_argument("--iters", type=int, default=3, help="timed iterations per variant (after 1 warm-up)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    add_iteration_args(ap)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--channels-last", action="store_true", help="run the net in channels_last memory format")
     ap.add_argument("--child", choices=("baseline",) + VARIANTS, help=argparse.SUPPRESS)
@@ -56,7 +55,7 @@ def _child(args: argparse.Namespace) -> None:
     from networks.registration_net import RegistrationNet
     from utils.steps import RegistrationWeights, registration_step
 
-    result = {"threads": set_threads(args.threads)}
+    result = setup_child(args)
     torch.manual_seed(0)
     size = (1, 1, args.height, args.width)
     # smooth random "images" so that the losses are not degenerate
@@ -88,9 +87,8 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _run_child(args: argparse.Namespace, variant: str) -> dict:
-    argv = ["--child", variant, "--height", str(args.height), "--width", str(args.width),
-            "--iters", str(args.iters), "--threads", str(args.threads)]
-    return run_child(Path(__file__).resolve(), argv + (["--channels-last"] if args.channels_last else []))
+    argv = ["--child", variant, *iteration_argv(args)] + (["--channels-last"] if args.channels_last else [])
+    return run_child(Path(__file__).resolve(), argv)
 
 
 def main(argv=None) -> None:
@@ -102,27 +100,17 @@ def main(argv=None) -> None:
           f"batch 1, CPU, {args.iters} timed iterations after 1 warm-up"
           + (", channels_last" if args.channels_last else ""))
     base = _run_child(args, "baseline")
-    print(f"baseline (net + inputs only): peak RSS {base.get('peak_mib', float('nan')):.0f} MiB, "
-          f"threads {base.get('threads')}")
+    base_mib = base.get("peak_mib", float("nan"))
+    print(f"baseline (net + inputs only): peak RSS {base_mib:.0f} MiB, {describe_setup(base)}")
     for variant in args.variants:
         r = _run_child(args, variant)
         if "error" in r:
             print(f"{variant}: failed: {r['error']}")
             continue
-        median = statistics.median(r["iter_s"])
-        floor = r["iter_flops"] / r["rate"]
         print(f"\n[{variant}]")
         print(f"  FLOPs forward (one direction)      {r['fwd_flops'] / 1e9:9.1f} GFLOP")
-        print(f"  FLOPs training iteration (2 dirs)  {r['iter_flops'] / 1e9:9.1f} GFLOP")
-        print(format_flops_by_op(r["iter_flops_by_op"]))
-        print(f"  matmul rate (mm 2048^2, fp32)      {r['rate'] / 1e9:9.1f} GFLOP/s")
-        print(f"  floor = FLOPs / rate               {floor:9.2f} s")
-        print(f"  seconds / iteration (median)       {median:9.2f} s   "
-              f"(all: {', '.join(f'{t:.2f}' for t in r['iter_s'])})")
-        print(f"  ratio to floor                     {median / floor:9.2f}")
+        print("\n".join(iteration_report(r, base_mib)))
         print(f"  no-grad forward, batch 2           {r['infer_s']:9.2f} s")
-        print(f"  peak RSS                           {r['peak_mib']:9.0f} MiB "
-              f"(+{r['peak_mib'] - base.get('peak_mib', 0):.0f} over baseline)")
     print("\nreference point: the published implementation took 26.6 s and 6.15 GB per iteration; "
           "targets here: <= 1.3 x floor, <= 1.5 GB peak.")
 

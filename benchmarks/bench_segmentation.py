@@ -17,7 +17,9 @@ Printed: FLOPs of the iteration (``FlopCounterMode``: matmuls and convolutions, 
 and backward), the fp32 matmul rate (``torch.mm`` 2048 x 2048), floor = the segmenter's
 FLOPs (the ``cached`` iteration's) / rate, median seconds per iteration after a warm-up and
 its ratio to that floor, peak resident memory of each subprocess and of a baseline one
-that only builds the nets and the batch.
+that only builds the nets and the batch. Children call ``utils.steps.keep_freed_memory()``
+(glibc keeps freed blocks instead of unmapping them: ~1.5x faster, ~0.8 GB more peak
+here) unless ``--default-malloc``.
 
     python benchmarks/bench_segmentation.py                   # 350 x 740, 3 timed iterations
     python benchmarks/bench_segmentation.py --height 128 --width 256 --iters 2
@@ -32,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import (count_flops, emit, format_flops_by_op, matmul_rate,  # noqa: E402
-                                peak_rss_mib, run_child, set_threads, time_calls)
+from benchmarks.measure import (add_iteration_args, count_flops, describe_setup, emit,  # noqa: E402
+                                iteration_argv, iteration_report, matmul_rate, peak_rss_mib, run_child,
+                                setup_child, time_calls)
 
 VARIANTS = ("cached", "live", "supervised")
 PUBLISHED = "the published implementation took 91.7 s and 12.2 GB per iteration"
@@ -42,10 +45,7 @@ TARGETS = "targets: cached iteration <= 1.3 x the segmenter's floor, <= 3 GB pea
 
 def _parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--height", type=int, default=350)
-    ap.add_argument("--width", type=int, default=740)
-    ap.add_argument("--iters", type=int, default=3, help="timed iterations per variant (after 1 warm-up)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    add_iteration_args(ap)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--child", choices=("baseline",) + VARIANTS, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -107,7 +107,7 @@ def _child(args: argparse.Namespace) -> None:
     from networks.segmentation_net import SegmentationNet
     from utils.steps import SegmentationConfig, segmentation_step
 
-    result = {"threads": set_threads(args.threads)}
+    result = setup_child(args)
     torch.manual_seed(0)
     device = torch.device("cpu")
     batch, w, phi = _batch(args.height, args.width)
@@ -139,14 +139,13 @@ def main(argv=None) -> None:
     if args.child:
         _child(args)
         return
-    common = ["--height", str(args.height), "--width", str(args.width), "--iters", str(args.iters),
-              "--threads", str(args.threads)]
+    common = iteration_argv(args)
     print(f"segmentation training iteration (utils.steps.segmentation_step), {args.height} x {args.width}, "
           f"batch 1, CPU, RSGM + RNSF (K = 250), {args.iters} timed iterations after 1 warm-up")
     base = run_child(Path(__file__).resolve(), ["--child", "baseline", *common])
     base_mib = base.get("peak_mib", float("nan"))
     print(f"baseline (segmenter, registration net, batch only): peak RSS {base_mib:.0f} MiB, "
-          f"threads {base.get('threads')}")
+          f"{describe_setup(base)}")
     results = {v: run_child(Path(__file__).resolve(), ["--child", v, *common]) for v in args.variants}
     seg_floor = None
     if "error" not in results.get("cached", {"error": ""}):
@@ -155,20 +154,11 @@ def main(argv=None) -> None:
         if "error" in r:
             print(f"\n[{variant}] failed: {r['error']}")
             continue
-        median = statistics.median(r["iter_s"])
-        floor = r["iter_flops"] / r["rate"]
         print(f"\n[{variant}]")
-        print(f"  FLOPs training iteration           {r['iter_flops'] / 1e9:9.1f} GFLOP")
-        print(format_flops_by_op(r["iter_flops_by_op"]))
-        print(f"  matmul rate (mm 2048^2, fp32)      {r['rate'] / 1e9:9.1f} GFLOP/s")
-        print(f"  floor = FLOPs / rate               {floor:9.2f} s")
-        print(f"  seconds / iteration (median)       {median:9.2f} s   "
-              f"(all: {', '.join(f'{t:.2f}' for t in r['iter_s'])})")
-        print(f"  ratio to its own floor             {median / floor:9.2f}")
-        if seg_floor is not None:
-            print(f"  ratio to the segmenter's floor     {median / seg_floor:9.2f}   (cached iteration's FLOPs)")
-        print(f"  peak RSS                           {r['peak_mib']:9.0f} MiB (+{r['peak_mib'] - base_mib:.0f} "
-              f"over baseline)")
+        print("\n".join(iteration_report(r, base_mib)))
+        if seg_floor is not None and variant != "cached":
+            print(f"  ratio to the segmenter's floor     {statistics.median(r['iter_s']) / seg_floor:9.2f}"
+                  f"   (the cached iteration's FLOPs / rate)")
     print(f"\nreference point: {PUBLISHED}; {TARGETS}.")
 
 

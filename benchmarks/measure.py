@@ -10,6 +10,7 @@ Torch is imported inside the functions that need it, for the same reason.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
@@ -33,6 +34,30 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: int = 740, iters: int = 3) -> None:
+    """The options of a training-iteration benchmark (read back by :func:`iteration_argv`)."""
+    ap.add_argument("--height", type=int, default=height)
+    ap.add_argument("--width", type=int, default=width)
+    ap.add_argument("--iters", type=int, default=iters, help="timed iterations per variant (after 1 warm-up)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc malloc as it is (default: call utils.steps.keep_freed_memory() first)")
+
+
+def iteration_argv(args: argparse.Namespace) -> list[str]:
+    """:func:`add_iteration_args`'s options as command-line arguments, for a child process."""
+    argv = ["--height", str(args.height), "--width", str(args.width), "--iters", str(args.iters),
+            "--threads", str(args.threads)]
+    return argv + (["--default-malloc"] if args.default_malloc else [])
+
+
+def setup_child(args: argparse.Namespace) -> dict:
+    """Apply ``--threads`` and ``--default-malloc`` in a child; returns what is in use."""
+    from utils.steps import keep_freed_memory
+    return {"threads": set_threads(args.threads),
+            "keep_freed_memory": not args.default_malloc and keep_freed_memory()}
 
 
 def set_threads(threads: int) -> int:
@@ -109,7 +134,26 @@ def run_child(script: str | Path, argv: Sequence[str]) -> dict:
     return json.loads(results[-1])
 
 
-def format_flops_by_op(by_op: dict[str, int], indent: str = "      ") -> str:
-    """One line per op, largest first, in GFLOP."""
-    return "\n".join(f"{indent}{op:<45s} {n / 1e9:9.1f} GFLOP"
-                     for op, n in sorted(by_op.items(), key=lambda kv: -kv[1]))
+def describe_setup(base: dict) -> str:
+    """The baseline child's threads and allocator setting, in words."""
+    malloc = "keep_freed_memory" if base.get("keep_freed_memory") else "default glibc malloc"
+    return f"threads {base.get('threads')}, {malloc}"
+
+
+def iteration_report(r: dict, base_mib: float) -> list[str]:
+    """Lines for a training-iteration child's result ``r`` (``iter_flops``,
+    ``iter_flops_by_op``, ``rate``, ``iter_s``, ``peak_mib``): FLOPs per op, matmul
+    rate, floor, median time and its ratio to the floor, peak memory over ``base_mib``."""
+    median = statistics.median(r["iter_s"])
+    floor = r["iter_flops"] / r["rate"]
+    lines = [f"  FLOPs training iteration           {r['iter_flops'] / 1e9:9.1f} GFLOP"]
+    lines += [f"      {op:<45s} {n / 1e9:9.1f} GFLOP"
+              for op, n in sorted(r["iter_flops_by_op"].items(), key=lambda kv: -kv[1])]
+    lines += [f"  matmul rate (mm 2048^2, fp32)      {r['rate'] / 1e9:9.1f} GFLOP/s",
+              f"  floor = FLOPs / rate               {floor:9.2f} s",
+              f"  seconds / iteration (median)       {median:9.2f} s   "
+              f"(all: {', '.join(f'{t:.2f}' for t in r['iter_s'])})",
+              f"  ratio to floor                     {median / floor:9.2f}",
+              f"  peak RSS                           {r['peak_mib']:9.0f} MiB "
+              f"(+{r['peak_mib'] - base_mib:.0f} over baseline)"]
+    return lines
