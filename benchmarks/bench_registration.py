@@ -16,7 +16,7 @@ per direction, one Adam step. Printed per variant of the position attention:
 - peak resident memory of a fresh subprocess per variant, and of a baseline subprocess
   that only builds the net and inputs.
 
-Children call ``utils.steps.keep_freed_memory()`` unless ``--default-malloc``.
+Children call ``utils.training.keep_freed_memory()`` unless ``--default-malloc``.
 
 Variants: ``chunked`` (the default ``attention_impl="auto"`` on CPU) and ``reference``
 (plain materialised ``softmax(q k^T) v``: ~(HW/16)^2 floats per PAM, several GB at 350 x 740).

@@ -17,7 +17,7 @@ Printed: FLOPs of the iteration (``FlopCounterMode``: matmuls and convolutions, 
 and backward), the fp32 matmul rate (``torch.mm`` 2048 x 2048), floor = the segmenter's
 FLOPs (the ``cached`` iteration's) / rate, median seconds per iteration after a warm-up and
 its ratio to that floor, peak resident memory of each subprocess and of a baseline one
-that only builds the nets and the batch. Children call ``utils.steps.keep_freed_memory()``
+that only builds the nets and the batch. Children call ``utils.training.keep_freed_memory()``
 (glibc keeps freed blocks instead of unmapping them: ~1.5x faster, ~0.8 GB more peak
 here) unless ``--default-malloc``.
 

@@ -43,7 +43,7 @@ def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: in
     ap.add_argument("--iters", type=int, default=iters, help="timed iterations per variant (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--default-malloc", action="store_true",
-                    help="leave glibc malloc as it is (default: call utils.steps.keep_freed_memory() first)")
+                    help="leave glibc malloc as it is (default: call utils.training.keep_freed_memory() first)")
 
 
 def iteration_argv(args: argparse.Namespace) -> list[str]:
@@ -55,7 +55,7 @@ def iteration_argv(args: argparse.Namespace) -> list[str]:
 
 def setup_child(args: argparse.Namespace) -> dict:
     """Apply ``--threads`` and ``--default-malloc`` in a child; returns what is in use."""
-    from utils.steps import keep_freed_memory
+    from utils.training import keep_freed_memory
     return {"threads": set_threads(args.threads),
             "keep_freed_memory": not args.default_malloc and keep_freed_memory()}
 

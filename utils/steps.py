@@ -4,14 +4,9 @@ Registration (METHOD.md section 2): both directions of an affinely pre-aligned
 pair, ``(1 - SSIM) + NCC + 0.1 smooth`` each. Segmentation (sections 3-5):
 RSGM images from the cached registration outputs, one forward pass over
 ``[x_l, g1, g2, u_neg]``, ``L_seg + L_rs + w ramp L_rnsf``.
-
-:func:`keep_freed_memory` is a process-wide CPU speed setting for these steps
-(call it once at start-up).
 """
 from __future__ import annotations
 
-import ctypes
-import platform
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,32 +19,6 @@ from utils.rnsf import rnsf_loss
 from utils.training import check_finite
 
 FiniteCheck = Callable[[dict], None]
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc <malloc.h>
-TRIM_THRESHOLD = 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse instead of returning it to the OS.
-
-    By default glibc serves every block above 32 MiB (a feature map at full
-    resolution: 4 x 16 x 352 x 752 floats = 68 MiB) with a fresh ``mmap`` and unmaps
-    it on free, so each such tensor is page-faulted (and zeroed by the kernel) again:
-    measured at 350 x 740 on CPU, elementwise ops ~5x slower and a segmentation
-    iteration 7.7 s instead of 5.0 s (1 thread), ~2.8 s of it system time.
-    ``M_MMAP_MAX = 0`` serves all blocks from the heap and ``M_TRIM_THRESHOLD = 1 GiB``
-    keeps up to that much freed memory mapped. The price is heap fragmentation: that
-    iteration's peak RSS rose from ~2.4 to ~3.2 GiB. Changes speed and memory only,
-    never results. Process-wide (forked workers inherit it); call once at start-up.
-    Returns False (and does nothing) where the C library is not glibc.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-
 
 @dataclass
 class RegistrationWeights:
