@@ -3,9 +3,9 @@
 ``SegmentationNet()(x)`` takes images ``[B, 1, H, W]`` (any H, W) and returns a dict:
 
 - ``"out"``: logits ``[B, 2, H, W]`` of the last decoder level (full resolution);
-- ``"level1"``, ``"level2"``, ``"level3"``: logits of the heads on the 1/8, 1/4 and
-  1/2-scale decoder levels, each resized to ``[B, 2, H, W]`` (``"level2"`` is the
-  deep-supervision output of the loss; the other two are returned for completeness);
+- ``"level2"``: logits of the head on the 1/4-scale decoder level, resized to
+  ``[B, 2, H, W]`` (the deep-supervision output of the loss; METHOD.md returns no
+  other level, so no head is computed for the 1/8 and 1/2 levels);
 - ``"project"``: ``[B, proj_dim, h4, w4]`` raw projector output (1x1 conv, PReLU,
   1x1 conv) on the 1/4-scale decoder features (not normalised);
 - ``"project_map"``: ``"out"`` resized to ``[B, 2, h4, w4]``.
@@ -47,7 +47,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class SegmentationNet(nn.Module):
-    """UNet 16-32-64-128-256 / 128-64-32-16 (no attention) with a 1x1 head per decoder level."""
+    """UNet 16-32-64-128-256 / 128-64-32-16 (no attention), 1x1 heads on the last and 1/4 levels."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, proj_dim: int = 64) -> None:
         super().__init__()
@@ -61,9 +61,7 @@ class SegmentationNet(nn.Module):
         self.up2 = Up(c4, c3, c3)
         self.up3 = Up(c3, c2, c2)
         self.up4 = Up(c2, c1, c1)
-        self.head1 = nn.Conv2d(c4, num_classes, 1)
         self.head2 = nn.Conv2d(c3, num_classes, 1)
-        self.head3 = nn.Conv2d(c2, num_classes, 1)
         self.head_out = nn.Conv2d(c1, num_classes, 1)
         self.projector = nn.Sequential(nn.Conv2d(c3, c3, 1), nn.PReLU(), nn.Conv2d(c3, proj_dim, 1))
         for module in self.modules():
@@ -92,9 +90,7 @@ class SegmentationNet(nn.Module):
         out = _resize(self.head_out(d4), size)
         return {
             "out": out,
-            "level1": _resize(self.head1(d1), size),
             "level2": _resize(self.head2(d2), size),
-            "level3": _resize(self.head3(d3), size),
             "project": self.projector(_resize(d2, quarter)),
             "project_map": _resize(out, quarter),
         }

@@ -317,8 +317,8 @@ def test_segmentation_net_output_names_and_shapes(seg_net, size):
     out = seg_net(torch.rand(2, 1, h, w))
     h4, w4 = quarter_size(h, w)
     assert (h4, w4) == (h // 4, w // 4)
-    assert set(out) == {"out", "level1", "level2", "level3", "project", "project_map"}
-    for key in ("out", "level1", "level2", "level3"):
+    assert set(out) == {"out", "level2", "project", "project_map"}
+    for key in ("out", "level2"):
         assert out[key].shape == (2, 2, h, w), key
     assert out["project"].shape == (2, 64, h4, w4)
     assert out["project_map"].shape == (2, 2, h4, w4)
