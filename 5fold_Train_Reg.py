@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dataloaders.dataset import DatasetFolder, parse_folds
 from dataloaders.fold_data import open_fold
@@ -25,9 +24,9 @@ from utils.cli import add_common_args, add_training_args, check_positive
 from utils.errors import InputError, run_cli
 from utils.evaluation import evaluate_registration
 from utils.metrics import summarise
-from utils.steps import RegistrationWeights, finite_check, registration_step
+from utils.steps import RegistrationWeights, registration_step
 from utils.training import (CheckpointManager, keep_freed_memory, make_writer, prepare_run_dir,
-                            run_dir_for, seed_everything, seed_worker,
+                            run_dir_for, seed_everything, seed_worker, train_epoch,
                             select_device)
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask
 
@@ -105,17 +104,13 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
     for epoch in range(start_epoch, args.epochs):
         train_set.set_epoch(epoch)
         started = time.time()
-        bar = tqdm(loader, desc=f"fold {k} epoch {epoch + 1}/{args.epochs}", disable=not progress)
-        running = 0.0
-        for it, batch in enumerate(bar):
-            check = finite_check(epoch + 1, it + 1, f"last good checkpoint: {run_dir / 'last.pth'}")
-            terms = registration_step(net, optimizer, batch["a"].to(device), batch["b"].to(device),
-                                      batch["a_on_b"].to(device), batch["b_on_a"].to(device), weights, check)
-            step += 1
-            for name, value in terms.items():
-                writer.add_scalar(f"train/{name}", value, step)
-            running = 0.9 * running + 0.1 * terms["total"] if it else terms["total"]
-            bar.set_postfix(loss=f"{running:.4f}")
+
+        def step_fn(batch: dict, check) -> tuple[dict, None]:
+            return registration_step(net, optimizer, batch["a"].to(device), batch["b"].to(device),
+                                     batch["a_on_b"].to(device), batch["b_on_a"].to(device), weights, check), None
+
+        step, _ = train_epoch(loader, step_fn, writer, step, epoch, f"fold {k} epoch {epoch + 1}/{args.epochs}",
+                              f"last good checkpoint: {run_dir / 'last.pth'}", progress)
 
         rows = evaluate_registration(net, val_pairs, device, k, progress)
         summary = summarise(rows, list(VAL_KEYS) + ["folding_fraction"])

@@ -15,7 +15,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dataloaders.dataset import DatasetFolder, parse_folds
 from dataloaders.fold_data import open_fold
@@ -28,10 +27,10 @@ from utils.cli import add_common_args, add_training_args, check_positive
 from utils.errors import InputError, run_cli
 from utils.evaluation import evaluate_segmentation
 from utils.metrics import summarise
-from utils.steps import SegmentationConfig, finite_check, segmentation_step
+from utils.steps import SegmentationConfig, segmentation_step
 from utils.training import (CheckpointManager, keep_freed_memory, find_best_checkpoint, make_generator, make_writer,
                             prepare_run_dir, ramp_up, run_dir_for,
-                            seed_everything, seed_worker, select_device, use_amp)
+                            seed_everything, seed_worker, train_epoch, select_device, use_amp)
 from utils.visualise import image_grid_panel
 
 VAL_KEYS = ("iou", "dice", "recall", "accuracy", "hd95")
@@ -140,15 +139,13 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
         train_set.set_epoch(epoch)
         ramp = ramp_up(epoch, args.ramp_length)
         started = time.time()
-        bar = tqdm(loader, desc=f"fold {k} epoch {epoch + 1}/{args.epochs}", disable=not progress)
-        for it, batch in enumerate(bar):
-            check = finite_check(epoch + 1, it + 1, f"last good checkpoint: {run_dir / 'last.pth'}")
-            terms, last = segmentation_step(net, optimizer, scaler, batch, cache, config, ramp, coefficient_rng,
-                                            device, amp, check)
-            step += 1
-            for name, value in terms.items():
-                writer.add_scalar(f"train/{name}", value, step)
-            bar.set_postfix(loss=f"{terms['total']:.4f}")
+
+        def step_fn(batch: dict, check) -> tuple[dict, dict]:
+            return segmentation_step(net, optimizer, scaler, batch, cache, config, ramp, coefficient_rng, device,
+                                     amp, check)
+
+        step, last = train_epoch(loader, step_fn, writer, step, epoch, f"fold {k} epoch {epoch + 1}/{args.epochs}",
+                                 f"last good checkpoint: {run_dir / 'last.pth'}", progress)
         writer.add_scalar("train/rnsf_ramp_weight", args.rnsf_weight * ramp, epoch + 1)
         writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], epoch + 1)
         if args.panel_every > 0 and ((epoch + 1) % args.panel_every == 0 or epoch + 1 == args.epochs):

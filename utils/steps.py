@@ -16,7 +16,6 @@ from networks.rsgm import rsgm_generate, sample_coefficients
 from networks.spatial_transformer import warp
 from utils.losses import dice_ce_loss, ncc_loss, smoothness_loss, ssim_loss
 from utils.rnsf import rnsf_loss
-from utils.training import check_finite
 
 FiniteCheck = Callable[[dict], None]
 
@@ -117,8 +116,3 @@ def segmentation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     scaler.step(optimizer)
     scaler.update()
     return {name: value.item() for name, value in terms.items()}, {"images": images, "outputs": out}
-
-
-def finite_check(epoch: int, iteration: int, hint: str) -> FiniteCheck:
-    """``check`` argument for the steps: :func:`utils.training.check_finite` at this position."""
-    return lambda terms: check_finite(terms, epoch, iteration, hint)

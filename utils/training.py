@@ -22,7 +22,7 @@ import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -454,3 +454,26 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -
     for path in earlier:
         path.unlink()
     return run_dir
+
+
+def train_epoch(loader: Iterable, step_fn: Callable[[dict, Callable[[dict], None]], tuple[dict, Any]],
+                writer, step: int, epoch: int, desc: str, hint: str, progress: bool = True) -> tuple[int, Any]:
+    """Run ``step_fn(batch, check)`` over ``loader`` with a tqdm bar showing the running
+    loss; log every returned term as ``train/<name>`` at the global ``step``.
+
+    ``step_fn`` returns ``(terms: name -> float, extra)``; ``check(terms)`` raises
+    :class:`TrainingDiverged` on a non-finite term (``epoch`` is 0-based, ``hint`` names
+    the last good checkpoint). Returns the new global step and the last ``extra``.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(loader, desc=desc, disable=not progress)
+    running, extra = 0.0, None
+    for it, batch in enumerate(bar):
+        terms, extra = step_fn(batch, lambda t, it=it: check_finite(t, epoch + 1, it + 1, hint))
+        step += 1
+        for name, value in terms.items():
+            writer.add_scalar(f"train/{name}", value, step)
+        running = 0.9 * running + 0.1 * terms["total"] if it else terms["total"]
+        bar.set_postfix(loss=f"{running:.4f}")
+    return step, extra
