@@ -20,14 +20,14 @@ from dataloaders.fold_data import open_fold
 from dataloaders.registration_data import RegistrationPairSet, RegistrationTrainSet
 from networks.registration_net import RegistrationNet
 from networks.spatial_transformer import warp
-from utils.cli import add_common_args, add_training_args, check_positive
-from utils.errors import InputError, run_cli
+from utils.cli import add_common_args, add_training_args, check_training_args
+from utils.errors import run_cli
 from utils.evaluation import evaluate_registration
 from utils.metrics import summarise
 from utils.steps import RegistrationWeights, registration_step
-from utils.training import (CheckpointManager, keep_freed_memory, make_writer, prepare_run_dir,
+from utils.training import (CheckpointManager, make_writer, prepare_run_dir,
                             run_dir_for, seed_everything, seed_worker, train_epoch,
-                            select_device)
+                            training_device)
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask
 
 VAL_KEYS = ("iou", "dice", "recall")
@@ -132,13 +132,9 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device,
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    check_positive(args, "epochs", "iters", "lr", "batch_size", "keep_best")
-    if args.workers < 0:
-        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    check_training_args(args)
     folds = parse_folds(args.fold)
-    device = select_device(args.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # ~1.6x faster CPU iterations at 350 x 740 (benchmarks/bench_segmentation.py)
+    device = training_device(args.device)
     folder = DatasetFolder(args.data_dir, resize=args.resize)
     for k in folds:
         train_fold(args, k, device, folder)

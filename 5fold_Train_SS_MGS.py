@@ -23,14 +23,14 @@ from networks.loading import freeze, load_network
 from networks.registration_net import RegistrationNet
 from networks.rsgm import RegistrationOutputCache
 from networks.segmentation_net import SegmentationNet
-from utils.cli import add_common_args, add_training_args, check_positive
-from utils.errors import InputError, run_cli
+from utils.cli import add_common_args, add_training_args, check_training_args
+from utils.errors import run_cli
 from utils.evaluation import evaluate_segmentation
 from utils.metrics import summarise
 from utils.steps import SegmentationConfig, segmentation_step
-from utils.training import (CheckpointManager, keep_freed_memory, find_best_checkpoint, make_generator, make_writer,
+from utils.training import (CheckpointManager, find_best_checkpoint, make_generator, make_writer,
                             prepare_run_dir, ramp_up, run_dir_for,
-                            seed_everything, seed_worker, train_epoch, select_device, use_amp)
+                            seed_everything, seed_worker, train_epoch, training_device, use_amp)
 from utils.visualise import image_grid_panel
 
 VAL_KEYS = ("iou", "dice", "recall", "accuracy", "hd95")
@@ -171,14 +171,9 @@ def train_fold(args: argparse.Namespace, k: int, device: torch.device, folder: D
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    check_positive(args, "epochs", "iters", "lr", "batch_size", "keep_best", "temperature", "negatives",
-                   "t_max")
-    if args.workers < 0:
-        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    check_training_args(args, "temperature", "negatives", "t_max")
     folds = parse_folds(args.fold)
-    device = select_device(args.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # ~1.6x faster CPU iterations at 350 x 740 (benchmarks/bench_segmentation.py)
+    device = training_device(args.device)
     use_amp(args.amp, device)
     folder = DatasetFolder(args.data_dir, resize=args.resize)
     for k in folds:

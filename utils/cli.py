@@ -59,3 +59,11 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
         value = getattr(args, name)
         if value is None or value <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def check_training_args(args: argparse.Namespace, *positive: str) -> None:
+    """Validate the flags of :func:`add_training_args` (and the extra ``positive`` ones)."""
+    from utils.errors import InputError
+    check_positive(args, "epochs", "iters", "lr", "batch_size", "keep_best", *positive)
+    if args.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {args.workers}")

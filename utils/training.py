@@ -88,6 +88,15 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def training_device(name: str) -> torch.device:
+    """:func:`select_device` for a trainer; on CPU also :func:`keep_freed_memory`
+    (~1.6x faster iterations at 350 x 740, see benchmarks/bench_segmentation.py)."""
+    device = select_device(name)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global RNG, torch (CPU) and every CUDA device."""
     seed = int(seed)
