@@ -1,4 +1,4 @@
-"""Benchmark: one registration training iteration on CPU (prints numbers, asserts nothing).
+"""Benchmark: one registration training iteration (prints numbers, asserts nothing).
 
 The iteration is the trainer's own, :func:`utils.steps.registration_step` (METHOD.md
 section 2, batch 1): for both directions ``flow = net(moving, fixed)``,
@@ -18,6 +18,9 @@ per direction, one Adam step. Printed per variant of the position attention:
 
 Children call ``utils.training.keep_freed_memory()`` unless ``--default-malloc``.
 
+On ``--device cuda`` the times wait for the GPU, the matmul rate is the GPU's fp32 rate, and
+the GPU's peak allocated memory is printed too; ``chunked`` is then ``"auto"``, i.e. SDPA.
+
 Variants: ``chunked`` (the default ``attention_impl="auto"`` on CPU) and ``reference``
 (plain materialised ``softmax(q k^T) v``: ~(HW/16)^2 floats per PAM, several GB at 350 x 740).
 
@@ -34,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import (add_iteration_args, count_flops, describe_setup, emit,  # noqa: E402
-                                iteration_argv, iteration_report, matmul_rate, peak_rss_mib, run_child,
+                                iteration_argv, iteration_report, matmul_rate, peak_memory, run_child,
                                 setup_child, time_calls)
 
 VARIANTS = ("chunked", "reference")
@@ -57,17 +60,18 @@ def _child(args: argparse.Namespace) -> None:
 
     result = setup_child(args)
     torch.manual_seed(0)
+    device = args.device
     size = (1, 1, args.height, args.width)
     # smooth random "images" so that the losses are not degenerate
-    a = torch.nn.functional.avg_pool2d(torch.rand(size), 5, 1, 2)
-    b = torch.nn.functional.avg_pool2d(torch.rand(size), 5, 1, 2)
-    net = RegistrationNet(attention_impl="auto" if args.child == "chunked" else "reference")
+    a = torch.nn.functional.avg_pool2d(torch.rand(size), 5, 1, 2).to(device)
+    b = torch.nn.functional.avg_pool2d(torch.rand(size), 5, 1, 2).to(device)
+    net = RegistrationNet(attention_impl="auto" if args.child == "chunked" else "reference").to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
         a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-6)
     if args.child == "baseline":
-        result["peak_mib"] = peak_rss_mib()
+        peak_memory(result, device)
         emit(result)
         return
 
@@ -75,12 +79,12 @@ def _child(args: argparse.Namespace) -> None:
         # the pair is its own pre-alignment here (a_on_b = a, b_on_a = b): the same ops
         registration_step(net, optimizer, a, b, a, b, RegistrationWeights())
 
-    result["rate"] = matmul_rate()
-    result["iter_s"] = time_calls(iteration, args.iters, warmup=1)
+    result["rate"] = matmul_rate(device=device)
+    result["iter_s"] = time_calls(iteration, args.iters, warmup=1, device=device)
     both_m, both_f = torch.cat([a, b]), torch.cat([b, a])
     with torch.no_grad():
-        result["infer_s"] = time_calls(lambda: net(both_m, both_f), 1, warmup=1)[0]
-    result["peak_mib"] = peak_rss_mib()  # before FLOP counting (which runs the same ops again)
+        result["infer_s"] = time_calls(lambda: net(both_m, both_f), 1, warmup=1, device=device)[0]
+    peak_memory(result, device)  # before FLOP counting (which runs the same ops again)
     result["fwd_flops"], _ = count_flops(lambda: net(a, b))
     result["iter_flops"], result["iter_flops_by_op"] = count_flops(iteration)
     emit(result)
@@ -97,7 +101,7 @@ def main(argv=None) -> None:
         _child(args)
         return
     print(f"registration training iteration (utils.steps.registration_step), {args.height} x {args.width}, "
-          f"batch 1, CPU, {args.iters} timed iterations after 1 warm-up"
+          f"batch 1, {args.device}, {args.iters} timed iterations after 1 warm-up"
           + (", channels_last" if args.channels_last else ""))
     base = _run_child(args, "baseline")
     base_mib = base.get("peak_mib", float("nan"))

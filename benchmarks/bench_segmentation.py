@@ -1,4 +1,4 @@
-"""Benchmark: one segmentation training iteration on CPU (prints numbers, asserts nothing).
+"""Benchmark: one segmentation training iteration (prints numbers, asserts nothing).
 
 The iteration is the trainer's own, :func:`utils.steps.segmentation_step` (METHOD.md
 sections 3-5, batch 1): RSGM images from the registration outputs, one forward pass of
@@ -21,6 +21,9 @@ that only builds the nets and the batch. Children call ``utils.training.keep_fre
 (glibc keeps freed blocks instead of unmapping them: ~1.5x faster, ~0.8 GB more peak
 here) unless ``--default-malloc``.
 
+On ``--device cuda`` the iteration runs in mixed precision, as the trainer's ``--amp auto``
+does there; times wait for the GPU, and the GPU's peak allocated memory is printed too.
+
     python benchmarks/bench_segmentation.py                   # 350 x 740, 3 timed iterations
     python benchmarks/bench_segmentation.py --height 128 --width 256 --iters 2
 """
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import (add_iteration_args, count_flops, describe_setup, emit,  # noqa: E402
-                                iteration_argv, iteration_report, matmul_rate, peak_rss_mib, run_child,
+                                iteration_argv, iteration_report, matmul_rate, peak_memory, run_child,
                                 setup_child, time_calls)
 
 VARIANTS = ("cached", "live", "supervised")
@@ -106,30 +109,33 @@ def _child(args: argparse.Namespace) -> None:
     from networks.registration_net import RegistrationNet
     from networks.segmentation_net import SegmentationNet
     from utils.steps import SegmentationConfig, segmentation_step
+    from utils.training import use_amp
 
     result = setup_child(args)
     torch.manual_seed(0)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    amp = use_amp("auto", device)
+    result["amp"] = amp
     batch, w, phi = _batch(args.height, args.width)
-    net = SegmentationNet().train()
-    reg_net = RegistrationNet().eval() if args.child in ("baseline", "live") else None
+    net = SegmentationNet().train().to(device)
+    reg_net = RegistrationNet().eval().to(device) if args.child in ("baseline", "live") else None
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-6)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
     if args.child == "baseline":
-        result["peak_mib"] = peak_rss_mib()
+        peak_memory(result, args.device)
         emit(result)
         return
-    cache = LiveOutputs(reg_net, batch) if args.child == "live" else FixedOutputs(w, phi)
+    cache = LiveOutputs(reg_net, batch) if args.child == "live" else FixedOutputs(w.to(device), phi.to(device))
     semi = args.child != "supervised"
     config = SegmentationConfig(use_rsgm=semi, use_rnsf=semi)
     generator = torch.Generator().manual_seed(0)
 
     def iteration() -> None:
-        segmentation_step(net, optimizer, scaler, batch, cache, config, 1.0, generator, device)
+        segmentation_step(net, optimizer, scaler, batch, cache, config, 1.0, generator, device, amp)
 
-    result["rate"] = matmul_rate()
-    result["iter_s"] = time_calls(iteration, args.iters, warmup=1)
-    result["peak_mib"] = peak_rss_mib()  # before FLOP counting (which runs the same ops again)
+    result["rate"] = matmul_rate(device=args.device)
+    result["iter_s"] = time_calls(iteration, args.iters, warmup=1, device=args.device)
+    peak_memory(result, args.device)  # before FLOP counting (which runs the same ops again)
     result["iter_flops"], result["iter_flops_by_op"] = count_flops(iteration)
     emit(result)
 
@@ -141,7 +147,7 @@ def main(argv=None) -> None:
         return
     common = iteration_argv(args)
     print(f"segmentation training iteration (utils.steps.segmentation_step), {args.height} x {args.width}, "
-          f"batch 1, CPU, RSGM + RNSF (K = 250), {args.iters} timed iterations after 1 warm-up")
+          f"batch 1, {args.device}{' (mixed precision)' if args.device == 'cuda' else ''}, RSGM + RNSF (K = 250), {args.iters} timed iterations after 1 warm-up")
     base = run_child(Path(__file__).resolve(), ["--child", "baseline", *common])
     base_mib = base.get("peak_mib", float("nan"))
     print(f"baseline (segmenter, registration net, batch only): peak RSS {base_mib:.0f} MiB, "

@@ -42,6 +42,8 @@ def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: in
     ap.add_argument("--width", type=int, default=width)
     ap.add_argument("--iters", type=int, default=iters, help="timed iterations per variant (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the iteration runs (default: cpu; on cuda the peak reported is the GPU's)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc malloc as it is (default: call utils.training.keep_freed_memory() first)")
 
@@ -49,7 +51,7 @@ def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: in
 def iteration_argv(args: argparse.Namespace) -> list[str]:
     """:func:`add_iteration_args`'s options as command-line arguments, for a child process."""
     argv = ["--height", str(args.height), "--width", str(args.width), "--iters", str(args.iters),
-            "--threads", str(args.threads)]
+            "--threads", str(args.threads), "--device", args.device]
     return argv + (["--default-malloc"] if args.default_malloc else [])
 
 
@@ -68,25 +70,45 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
-def matmul_rate(size: int = 2048, repeats: int = 7) -> float:
-    """Median fp32 ``torch.mm`` rate in FLOP/s for ``size x size`` matrices (2 warm-ups)."""
+def matmul_rate(size: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
+    """Median fp32 ``torch.mm`` rate in FLOP/s for ``size x size`` matrices on ``device``
+    (2 warm-ups; on CUDA with TF32 as torch has it, off by default)."""
     import torch
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(2):
         torch.mm(a, b)
-    return 2 * size ** 3 / statistics.median(time_calls(lambda: torch.mm(a, b), repeats, warmup=0))
+    return 2 * size ** 3 / statistics.median(time_calls(lambda: torch.mm(a, b), repeats, warmup=0, device=device))
 
 
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+def synchronize(device: str = "cpu") -> None:
+    """Wait for queued GPU work (a no-op on CPU), so that wall-clock times are complete."""
+    if str(device).startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1, device: str = "cpu") -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones
+    (each timed call ends with :func:`synchronize`)."""
     for _ in range(warmup):
         fn()
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+def peak_memory(result: dict, device: str = "cpu") -> None:
+    """Store the peaks so far in ``result``: ``peak_mib`` (resident, :func:`peak_rss_mib`)
+    and, on CUDA, ``gpu_peak_mib`` (``torch.cuda.max_memory_allocated``)."""
+    result["peak_mib"] = peak_rss_mib()
+    if str(device).startswith("cuda"):
+        import torch
+        result["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
 
 
 def register_missing_flops() -> None:
@@ -137,13 +159,15 @@ def run_child(script: str | Path, argv: Sequence[str]) -> dict:
 def describe_setup(base: dict) -> str:
     """The baseline child's threads and allocator setting, in words."""
     malloc = "keep_freed_memory" if base.get("keep_freed_memory") else "default glibc malloc"
-    return f"threads {base.get('threads')}, {malloc}"
+    gpu = f", GPU memory {base['gpu_peak_mib']:.0f} MiB" if "gpu_peak_mib" in base else ""
+    return f"threads {base.get('threads')}, {malloc}{gpu}"
 
 
 def iteration_report(r: dict, base_mib: float) -> list[str]:
     """Lines for a training-iteration child's result ``r`` (``iter_flops``,
-    ``iter_flops_by_op``, ``rate``, ``iter_s``, ``peak_mib``): FLOPs per op, matmul
-    rate, floor, median time and its ratio to the floor, peak memory over ``base_mib``."""
+    ``iter_flops_by_op``, ``rate``, ``iter_s``, ``peak_mib``, optional ``gpu_peak_mib``):
+    FLOPs per op, matmul rate, floor, median time and its ratio to the floor, peak
+    memory over ``base_mib``."""
     median = statistics.median(r["iter_s"])
     floor = r["iter_flops"] / r["rate"]
     lines = [f"  FLOPs training iteration           {r['iter_flops'] / 1e9:9.1f} GFLOP"]
@@ -156,4 +180,6 @@ def iteration_report(r: dict, base_mib: float) -> list[str]:
               f"  ratio to floor                     {median / floor:9.2f}",
               f"  peak RSS                           {r['peak_mib']:9.0f} MiB "
               f"(+{r['peak_mib'] - base_mib:.0f} over baseline)"]
+    if "gpu_peak_mib" in r:
+        lines.append(f"  peak GPU memory (max allocated)    {r['gpu_peak_mib']:9.0f} MiB")
     return lines

@@ -167,6 +167,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "au
             out = _ChunkedAttention.apply(*(t.reshape(-1, *t.shape[-2:]).to(dtype) for t in (q, k, v)))
         return out.reshape(*lead, *out.shape[-2:])
     if impl == "sdpa":
+        # contiguous: the fused CUDA kernels need unit stride on the last dim; with a
+        # strided view SDPA silently takes its math path, which materialises [N, N]
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return F.scaled_dot_product_attention(q, k, v, scale=1.0)
     if impl == "reference":
         return attention_reference(q, k, v)
