@@ -9,8 +9,8 @@ per direction, one Adam step. Printed per variant of the position attention:
   matmuls and convolutions, not softmax, norms or warps; the ops missing from its table
   get formulas from ``benchmarks.measure.register_missing_flops``; the backward's
   recomputations (attention blocks, checkpointed conv blocks) are counted as they run);
-- the measured fp32 matmul rate (``torch.mm`` 2048 x 2048, median of repeats) and the
-  floor = FLOPs / rate;
+- the measured fp32 matmul rate (``torch.mm`` 2048 x 2048, median of samples taken between
+  the timed iterations) and the floor = FLOPs / rate;
 - median seconds per iteration after a warm-up, its ratio to the floor, seconds of a
   no-grad forward pass (both directions as one batch of 2, as RSGM uses the net);
 - peak resident memory of a fresh subprocess per variant, and of a baseline subprocess
@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import (add_iteration_args, count_flops, describe_setup, emit,  # noqa: E402
-                                iteration_argv, iteration_report, matmul_rate, peak_memory, run_child,
-                                setup_child, time_calls)
+                                iteration_argv, iteration_report, peak_memory, run_child, setup_child,
+                                time_calls, time_iterations)
 
 VARIANTS = ("chunked", "reference")
 
@@ -79,8 +79,7 @@ def _child(args: argparse.Namespace) -> None:
         # the pair is its own pre-alignment here (a_on_b = a, b_on_a = b): the same ops
         registration_step(net, optimizer, a, b, a, b, RegistrationWeights())
 
-    result["rate"] = matmul_rate(device=device)
-    result["iter_s"] = time_calls(iteration, args.iters, warmup=1, device=device)
+    result["iter_s"], result["rate"] = time_iterations(iteration, args.iters, device)
     both_m, both_f = torch.cat([a, b]), torch.cat([b, a])
     with torch.no_grad():
         result["infer_s"] = time_calls(lambda: net(both_m, both_f), 1, warmup=1, device=device)[0]

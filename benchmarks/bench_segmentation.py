@@ -14,10 +14,10 @@ backward, one AdamW step. Variants, each in a fresh subprocess:
 - ``supervised``: ``SegmentationConfig(use_rsgm=False, use_rnsf=False)``, batch ``[x_l]``.
 
 Printed: FLOPs of the iteration (``FlopCounterMode``: matmuls and convolutions, forward
-and backward), the fp32 matmul rate (``torch.mm`` 2048 x 2048), floor = the segmenter's
-FLOPs (the ``cached`` iteration's) / rate, median seconds per iteration after a warm-up and
-its ratio to that floor, peak resident memory of each subprocess and of a baseline one
-that only builds the nets and the batch. Children call ``utils.training.keep_freed_memory()``
+and backward), the fp32 matmul rate (``torch.mm`` 2048 x 2048, sampled between the timed
+iterations), floor = the segmenter's FLOPs (the ``cached`` iteration's) / rate, median
+seconds per iteration after a warm-up and its ratio to that floor, peak resident memory
+of each subprocess and of a baseline one that only builds the nets and the batch. Children call ``utils.training.keep_freed_memory()``
 (glibc keeps freed blocks instead of unmapping them: ~1.5x faster, ~0.8 GB more peak
 here) unless ``--default-malloc``.
 
@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import (add_iteration_args, count_flops, describe_setup, emit,  # noqa: E402
-                                iteration_argv, iteration_report, matmul_rate, peak_memory, run_child,
-                                setup_child, time_calls)
+                                iteration_argv, iteration_report, peak_memory, run_child, setup_child,
+                                time_calls, time_iterations)
 
 VARIANTS = ("cached", "live", "supervised")
 PUBLISHED = "the published implementation took 91.7 s and 12.2 GB per iteration"
@@ -133,8 +133,7 @@ def _child(args: argparse.Namespace) -> None:
     def iteration() -> None:
         segmentation_step(net, optimizer, scaler, batch, cache, config, 1.0, generator, device, amp)
 
-    result["rate"] = matmul_rate(device=args.device)
-    result["iter_s"] = time_calls(iteration, args.iters, warmup=1, device=args.device)
+    result["iter_s"], result["rate"] = time_iterations(iteration, args.iters, args.device)
     peak_memory(result, args.device)  # before FLOP counting (which runs the same ops again)
     result["iter_flops"], result["iter_flops_by_op"] = count_flops(iteration)
     emit(result)

@@ -70,14 +70,33 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
-def matmul_rate(size: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
-    """Median fp32 ``torch.mm`` rate in FLOP/s for ``size x size`` matrices on ``device``
-    (2 warm-ups; on CUDA with TF32 as torch has it, off by default)."""
+def matmul_rates(size: int = 2048, repeats: int = 7, device: str = "cpu") -> list[float]:
+    """fp32 ``torch.mm`` rates in FLOP/s of ``repeats`` products of ``size x size`` matrices
+    on ``device`` (after 1 warm-up; on CUDA with TF32 as torch has it, off by default)."""
     import torch
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    for _ in range(2):
-        torch.mm(a, b)
-    return 2 * size ** 3 / statistics.median(time_calls(lambda: torch.mm(a, b), repeats, warmup=0, device=device))
+    return [2 * size ** 3 / t for t in time_calls(lambda: torch.mm(a, b), repeats, warmup=1, device=device)]
+
+
+def matmul_rate(size: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
+    """Median of :func:`matmul_rates`."""
+    return statistics.median(matmul_rates(size, repeats, device))
+
+
+def time_iterations(fn: Callable[[], object], repeats: int, device: str = "cpu",
+                    rate_repeats: int = 3) -> tuple[list[float], float]:
+    """``(seconds of each of repeats calls of fn, median matmul rate in FLOP/s)`` after one
+    warm-up call; the rate is sampled (``rate_repeats`` products) before each timed call
+    and after the last, so that it is the machine's rate while ``fn`` was timed (on a
+    shared machine it drifts by tens of percent between minutes)."""
+    fn()
+    synchronize(device)
+    times, rates = [], []
+    for _ in range(repeats):
+        rates += matmul_rates(repeats=rate_repeats, device=device)
+        times += time_calls(fn, 1, warmup=0, device=device)
+    rates += matmul_rates(repeats=rate_repeats, device=device)
+    return times, statistics.median(rates)
 
 
 def synchronize(device: str = "cpu") -> None:
@@ -173,7 +192,8 @@ def iteration_report(r: dict, base_mib: float) -> list[str]:
     lines = [f"  FLOPs training iteration           {r['iter_flops'] / 1e9:9.1f} GFLOP"]
     lines += [f"      {op:<45s} {n / 1e9:9.1f} GFLOP"
               for op, n in sorted(r["iter_flops_by_op"].items(), key=lambda kv: -kv[1])]
-    lines += [f"  matmul rate (mm 2048^2, fp32)      {r['rate'] / 1e9:9.1f} GFLOP/s",
+    lines += [f"  matmul rate (mm 2048^2, fp32)      {r['rate'] / 1e9:9.1f} GFLOP/s   "
+              f"(median, sampled between the timed iterations)",
               f"  floor = FLOPs / rate               {floor:9.2f} s",
               f"  seconds / iteration (median)       {median:9.2f} s   "
               f"(all: {', '.join(f'{t:.2f}' for t in r['iter_s'])})",

@@ -156,16 +156,38 @@ def test_conv_block_down_up_shapes_and_groups():
         Up(8, 4, 6, attention="pam")
 
 
-def test_up_upsamples_bilinear_align_corners_and_concats_skip_first():
-    up = Up(2, 3, 4)
+@pytest.mark.parametrize("attention", [None, "se"])
+def test_up_upsamples_bilinear_align_corners_and_concats_skip_first(attention):
+    up = Up(2, 3, 4, attention=attention)
     captured = {}
-    up.conv.register_forward_hook(capture(captured, "in", "in"))
+    # without attention the conv block gets (skip, up) as parts of one virtual concatenation
+    up.conv.register_forward_hook(lambda module, inputs, output: captured.update(parts=inputs))
     x, skip = _randn(1, 2, 3, 4, seed=18), _randn(1, 3, 6, 8, seed=19)
     up(x, skip)
-    cat = captured["in"]
+    assert len(captured["parts"]) == (2 if attention is None else 1)
+    cat = torch.cat(captured["parts"], dim=1)
+    if attention == "se":  # undo the SE gate to see the concatenation it was given
+        se = up.attention[0]
+        cat = cat / torch.sigmoid(se.fc2(F.relu(se.fc1(cat.mean(dim=(2, 3))))))[:, :, None, None]
     torch.testing.assert_close(cat[:, :3], skip)
     torch.testing.assert_close(cat[:, 3:], F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
     torch.testing.assert_close(cat[0, 3:, -1, -1], x[0, :, -1, -1])  # corners kept (align_corners=True)
+
+
+def test_conv_block_on_parts_equals_conv_block_on_their_concatenation():
+    block = ConvBlock(5, 8)
+    parts = [_randn(2, 2, 9, 11, seed=30).requires_grad_(), _randn(2, 3, 9, 11, seed=31).requires_grad_()]
+    grad = _randn(2, 8, 9, 11, seed=32)
+    leaves = parts + list(block.parameters())
+    split = block(*parts)
+    split_grads = torch.autograd.grad(split, leaves, grad)
+    whole = block(torch.cat(parts, dim=1))
+    whole_grads = torch.autograd.grad(whole, leaves, grad)
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
+    for got, want in zip(split_grads, whole_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="4 channels"):
+        block(parts[0], parts[0])
 
 
 # ---------------------------------------------------------------------------------------- RegistrationNet
