@@ -27,15 +27,21 @@ class SegmentationTrainSet(IterationDataset):
     ``u1 != u2`` of it (``u1 == u2`` with one other image; other Atlas images
     may serve, their labels are never read); ``u_neg`` = a uniform image of a
     uniform *different* training patient (label never read). Returns
-    ``"x_l"``, ``"u1"``, ``"u2"``, ``"u_neg"``, ``"u1_on_l" = warp(u1, field(u1, x_l))``,
-    ``"x_l_on_u2" = warp(x_l, field(x_l, u2))`` ``[1, H, W]``; ``"y_l"`` ``[2, H, W]``;
-    ``"field_l_u2" = field(x_l, u2)`` ``[2, H, W]``; ``"atlas_name"``,
-    ``"u1_name"``, ``"u2_name"``, ``"neg_name"``, ``"patient"``.
+    ``"x_l"``, ``"u1"``, ``"u2"``, ``"u_neg"`` ``[1, H, W]``; ``"y_l"`` ``[2, H, W]``;
+    ``"atlas_name"``, ``"u1_name"``, ``"u2_name"``, ``"neg_name"``, ``"patient"``.
+
+    With ``registration_inputs=True`` also the inputs of
+    :func:`networks.rsgm.registration_outputs` (running the registration net per
+    batch, as the published code did): ``"u1_on_l" = warp(u1, field(u1, x_l))``,
+    ``"x_l_on_u2" = warp(x_l, field(x_l, u2))`` ``[1, H, W]`` and ``"field_l_u2" =
+    field(x_l, u2)`` ``[2, H, W]``. The trainer looks the registration outputs up
+    by name (:class:`networks.rsgm.RegistrationOutputCache`) and leaves them off.
     """
 
     def __init__(self, folder: DatasetFolder, subjects: Sequence[Subject], prealign,
-                 iterations: int, seed: int):
+                 iterations: int, seed: int, registration_inputs: bool = False):
         super().__init__(iterations, seed)
+        self.registration_inputs = registration_inputs
         self.folder, self.prealign = folder, prealign
         self.all_subjects = list(subjects)
         self.subjects = [s for s in self.all_subjects if s.atlas and len(s.images) >= 2]
@@ -74,18 +80,19 @@ class SegmentationTrainSet(IterationDataset):
         names = self.draw(index)
         atlas, u1_name, u2_name = names["atlas_name"], names["u1_name"], names["u2_name"]
         x_l, u1 = self.cache.tensor(atlas), self.cache.tensor(u1_name)
-        field_l_u2 = self.prealign.field(atlas, u2_name)
-        return {
+        item = {
             "x_l": x_l,
             "y_l": self.cache.label(atlas),
             "u1": u1,
             "u2": self.cache.tensor(u2_name),
-            "u1_on_l": warp_image(u1, self.prealign.field(u1_name, atlas)),
-            "x_l_on_u2": warp_image(x_l, field_l_u2),
-            "field_l_u2": field_l_u2,
             "u_neg": self.cache.tensor(names["neg_name"]),
             **names,
         }
+        if self.registration_inputs:
+            field_l_u2 = self.prealign.field(atlas, u2_name)
+            item.update(u1_on_l=warp_image(u1, self.prealign.field(u1_name, atlas)),
+                        x_l_on_u2=warp_image(x_l, field_l_u2), field_l_u2=field_l_u2)
+        return item
 
 
 class SegmentationEvalSet(Dataset):

@@ -338,18 +338,20 @@ def test_registration_pairs_only_labelled_images(data_dir, tmp_path):
 # ---------------------------------------------------------------- SegmentationTrainSet
 
 
-def test_segmentation_train_items(folder, fold):
-    ds = SegmentationTrainSet(folder, fold.train, ShiftPrealign(), iterations=10, seed=2)
-    image_keys = ("x_l", "u1", "u2", "u1_on_l", "x_l_on_u2", "u_neg")
+@pytest.mark.parametrize("registration_inputs", [False, True])
+def test_segmentation_train_items(folder, fold, registration_inputs):
+    ds = SegmentationTrainSet(folder, fold.train, ShiftPrealign(), iterations=10, seed=2,
+                              registration_inputs=registration_inputs)
+    image_keys = ("x_l", "u1", "u2", "u_neg") + (("u1_on_l", "x_l_on_u2") if registration_inputs else ())
     for epoch in range(3):
         ds.set_epoch(epoch)
         for item in ds:
+            assert ("field_l_u2" in item) == ("u1_on_l" in item) == ("x_l_on_u2" in item) == registration_inputs
             for key in image_keys:
                 assert item[key].shape == (1, H, W) and item[key].dtype == torch.float32, key
                 assert 0.0 <= item[key].min() and item[key].max() <= 1.0
             assert item["y_l"].shape == (2, H, W) and item["y_l"].dtype == torch.float32
             assert torch.all(item["y_l"].sum(0) == 1)
-            assert item["field_l_u2"].shape == (2, H, W) and item["field_l_u2"].dtype == torch.float32
             x, u1, u2, neg = item["atlas_name"], item["u1_name"], item["u2_name"], item["neg_name"]
             assert x in atlas_of(item["patient"]) and patient_of(x) == item["patient"]
             assert patient_of(u1) == patient_of(u2) == item["patient"] and x not in (u1, u2)
@@ -357,6 +359,9 @@ def test_segmentation_train_items(folder, fold):
             for key, name in (("x_l", x), ("u1", u1), ("u2", u2), ("u_neg", neg)):
                 assert torch.equal(item[key][0], torch.from_numpy(folder.load_image(name))), key
             assert torch.equal(item["y_l"][1], torch.from_numpy(folder.load_label(x)).float())
+            if not registration_inputs:
+                continue
+            assert item["field_l_u2"].shape == (2, H, W) and item["field_l_u2"].dtype == torch.float32
             np.testing.assert_allclose(item["u1_on_l"][0].numpy(), expected_on(folder, u1, x), atol=1e-4)
             np.testing.assert_allclose(item["x_l_on_u2"][0].numpy(), expected_on(folder, x, u2), atol=1e-4)
             (xy, xx), (uy, ux) = shift_of(x), shift_of(u2)
