@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import (add_iteration_args, count_flops, describe_setup, emit,  # noqa: E402
                                 iteration_argv, iteration_report, peak_memory, run_child, setup_child,
-                                time_calls, time_iterations)
+                                time_iterations)
 
 VARIANTS = ("cached", "live", "supervised")
 PUBLISHED = "the published implementation took 91.7 s and 12.2 GB per iteration"

@@ -78,11 +78,6 @@ def matmul_rates(size: int = 2048, repeats: int = 7, device: str = "cpu") -> lis
     return [2 * size ** 3 / t for t in time_calls(lambda: torch.mm(a, b), repeats, warmup=1, device=device)]
 
 
-def matmul_rate(size: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
-    """Median of :func:`matmul_rates`."""
-    return statistics.median(matmul_rates(size, repeats, device))
-
-
 def time_iterations(fn: Callable[[], object], repeats: int, device: str = "cpu",
                     rate_repeats: int = 3) -> tuple[list[float], float]:
     """``(seconds of each of repeats calls of fn, median matmul rate in FLOP/s)`` after one

@@ -27,3 +27,17 @@ def test_benchmark_runs_and_prints(script, args, expected):
     assert "failed" not in result.stdout, result.stdout[-2000:]
     for text in expected:
         assert text in result.stdout, result.stdout[-2000:]
+
+
+def test_time_iterations_times_each_call_and_samples_the_rate_between_them(monkeypatch):
+    """One warm-up plus ``repeats`` timed calls; the rate is the median of the samples
+    taken before each timed call and after the last."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import measure
+
+    calls, samples = [], iter([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [100.0, 200.0]])
+    monkeypatch.setattr(measure, "matmul_rates", lambda repeats, device: (calls.append("rate"), next(samples))[1])
+    times, rate = measure.time_iterations(lambda: calls.append("fn"), 3, rate_repeats=2)
+    assert calls == ["fn", "rate", "fn", "rate", "fn", "rate", "fn", "rate"]
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    assert rate == 4.5  # median of 1, 2, 3, 4, 5, 6, 100, 200
