@@ -137,11 +137,14 @@ def errors(pre: prealign.Prealignment, truth: dict[tuple[str, str], np.ndarray])
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patients", type=int, default=73)
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--size", type=int, nargs=2, default=(740, 350), metavar=("W", "H"))
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--source", choices=("demo", "affine"), default="demo")
+    parser.add_argument("--patients", type=int, default=73, help="synthetic patients (default: 73)")
+    parser.add_argument("--images", type=int, default=4, help="images per patient (default: 4)")
+    parser.add_argument("--size", type=int, nargs=2, default=(740, 350), metavar=("W", "H"),
+                        help="image size (default: 740 350)")
+    parser.add_argument("--workers", type=int, default=2, help="pre-alignment worker processes (default: 2)")
+    parser.add_argument("--source", choices=("demo", "affine"), default="demo",
+                        help="demo: utils.make_demo_data patients (affine + elastic + illumination); "
+                             "affine: a textured canvas seen through random affines only (default: demo)")
     parser.add_argument("--keep", type=Path, default=None, help="write the dataset here and keep it")
     args = parser.parse_args()
 

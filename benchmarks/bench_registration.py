@@ -46,7 +46,8 @@ VARIANTS = ("chunked", "reference")
 def _parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_iteration_args(ap)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                    help="attention implementations to measure, each in its own process (default: both)")
     ap.add_argument("--channels-last", action="store_true", help="run the net in channels_last memory format")
     ap.add_argument("--child", choices=("baseline",) + VARIANTS, help=argparse.SUPPRESS)
     return ap.parse_args(argv)

@@ -49,7 +49,8 @@ TARGETS = "targets: cached iteration <= 1.3 x the segmenter's floor, <= 3 GB pea
 def _parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_iteration_args(ap)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                    help="iterations to measure, each in its own process (default: all three)")
     ap.add_argument("--child", choices=("baseline",) + VARIANTS, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 

@@ -38,12 +38,13 @@ def peak_rss_mib() -> float:
 
 def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: int = 740, iters: int = 3) -> None:
     """The options of a training-iteration benchmark (read back by :func:`iteration_argv`)."""
-    ap.add_argument("--height", type=int, default=height)
-    ap.add_argument("--width", type=int, default=width)
+    ap.add_argument("--height", type=int, default=height, help=f"image height in pixels (default: {height})")
+    ap.add_argument("--width", type=int, default=width, help=f"image width in pixels (default: {width})")
     ap.add_argument("--iters", type=int, default=iters, help="timed iterations per variant (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                    help="where the iteration runs (default: cpu; on cuda the peak reported is the GPU's)")
+                    help="where the iteration runs (default: cpu; on cuda the GPU's peak allocated memory "
+                         "is printed too)")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc malloc as it is (default: call utils.training.keep_freed_memory() first)")
 
