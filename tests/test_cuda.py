@@ -11,6 +11,7 @@ import torch
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from benchmarks.bench_segmentation import FixedOutputs
 from networks.blocks import PositionAttention, attention, attention_reference
 from networks.registration_net import RegistrationNet
 from networks.segmentation_net import SegmentationNet
@@ -158,14 +159,6 @@ def test_rnsf_on_cuda_matches_reference(mode):
         torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-3)
 
 
-class _FixedOutputs:
-    def __init__(self, w: torch.Tensor, phi: torch.Tensor) -> None:
-        self.w, self.phi = w, phi
-
-    def get(self, atlas_names, u1_names, u2_names, device):
-        return self.w.to(device), self.phi.to(device)
-
-
 @pytest.mark.parametrize("amp", [False, True])
 def test_segmentation_step_on_cuda_learns_with_and_without_amp(amp):
     torch.manual_seed(0)
@@ -174,7 +167,7 @@ def test_segmentation_step_on_cuda_learns_with_and_without_amp(amp):
     gland = (_smooth(1, 1, h, w, seed=11)[:, 0] > 0.55).long()
     batch = {"x_l": x_l, "y_l": one_hot(gland, 2).float(), "u_neg": _smooth(1, 1, h, w, seed=12),
              "atlas_name": ["A"], "u1_name": ["B"], "u2_name": ["C"]}
-    cache = _FixedOutputs(_smooth(1, 1, h, w, seed=13), 4 * (_smooth(1, 2, h, w, seed=14) - 0.5))
+    cache = FixedOutputs(_smooth(1, 1, h, w, seed=13), 4 * (_smooth(1, 2, h, w, seed=14) - 0.5))
     net = SegmentationNet().to(CUDA).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-6)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
