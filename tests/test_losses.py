@@ -141,6 +141,26 @@ def test_ncc_matches_naive_loop(win):
     assert ncc_loss(x, y, win).item() == pytest.approx(1.0 - ref.mean(), rel=1e-9)
 
 
+def test_ncc_multichannel_batch_matches_naive_loop_per_slice():
+    # the maps of all items and channels are filtered in one call: no mixing between them
+    rng = np.random.default_rng(13)
+    x = torch.from_numpy(rng.random((2, 3, 6, 9)))
+    y = torch.from_numpy(rng.random((2, 3, 6, 9)))
+    ours = local_ncc_map(x, y, 3).numpy()
+    for b in range(2):
+        for c in range(3):
+            ref = _naive_ncc_map(x[b, c].numpy(), y[b, c].numpy(), 3)
+            np.testing.assert_allclose(ours[b, c], ref, rtol=1e-9, atol=1e-12)
+
+
+def test_ssim_and_ncc_gradients_match_finite_differences():
+    rng = np.random.default_rng(14)
+    x = torch.from_numpy(rng.random((1, 2, 6, 7))).requires_grad_()
+    y = torch.from_numpy(rng.random((1, 2, 6, 7)))
+    assert torch.autograd.gradcheck(lambda a: ssim_map(a, y), (x,))
+    assert torch.autograd.gradcheck(lambda a: local_ncc_map(a, y, 3), (x,))
+
+
 def test_ncc_self_and_linear_transform_near_zero():
     rng = np.random.default_rng(12)
     x = torch.from_numpy(rng.random((2, 1, 24, 32)))

@@ -9,7 +9,7 @@ import torch
 
 from utils.metrics import (evaluate_mask, hd95, mask_metrics, masks_from_scores, summarise,
                            warped_mask_metrics)
-from utils.onehot import one_hot
+from utils.onehot import class_index, one_hot
 
 
 def _mask(rows, shape=(4, 4)):
@@ -149,6 +149,17 @@ def test_summarise_hand_values():
 def test_masks_from_scores_argmax():
     scores = torch.tensor([[[[0.2, 0.9]], [[0.8, 0.1]]]])  # [1, 2, 1, 2]
     assert masks_from_scores(scores).tolist() == [[[True, False]]]
+
+
+def test_class_index_inverts_one_hot_and_takes_first_maximum_on_ties():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (2, 5, 7), generator=g)
+    assert torch.equal(class_index(one_hot(labels, 3)), labels)
+    assert class_index(one_hot(labels, 3), keepdim=True).shape == (2, 1, 5, 7)
+    scores = torch.tensor([[[[0.5, 0.2, 0.7]], [[0.5, 0.9, 0.7]], [[0.1, 0.9, 0.7]]]])  # [1, 3, 1, 3]
+    assert class_index(scores).tolist() == [[[0, 1, 0]]]
+    random = torch.randn(2, 4, 6, 5, generator=g)
+    assert torch.equal(class_index(random), random.argmax(dim=1))
 
 
 def test_warped_mask_metrics_matches_mask_metrics():

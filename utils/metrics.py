@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from medpy.metric.binary import hd95 as _medpy_hd95
 
+from utils.onehot import class_index
+
 HD95_EMPTY_POLICY = ("HD95 with an empty mask: both empty -> 0, exactly one empty -> the image "
                      "diagonal sqrt(H^2 + W^2) (times the pixel size); such images are counted, "
                      "not dropped")
@@ -143,7 +145,7 @@ def masks_from_scores(scores: torch.Tensor) -> torch.Tensor:
     """
     if scores.dim() != 4 or scores.shape[1] < 2:
         raise ValueError(f"expected [B, C>=2, H, W] scores, got {tuple(scores.shape)}")
-    return scores.argmax(dim=1) == 1
+    return class_index(scores) == 1
 
 
 @torch.no_grad()

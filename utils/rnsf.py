@@ -96,8 +96,7 @@ def pixel_classes(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Class = argmax over C (first maximum on ties); confidence = max softmax probability.
     """
     prob = torch.softmax(logits.detach().to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
-    cls = prob.argmax(dim=1, keepdim=True)
-    conf = prob.gather(1, cls)
+    conf, cls = prob.max(dim=1, keepdim=True)  # = argmax and its value, first maximum on ties
     return cls.flatten(), conf.flatten()
 
 
