@@ -11,7 +11,8 @@ per direction, one Adam step. Printed per variant of the position attention:
   recomputations (attention blocks, checkpointed conv blocks) are counted as they run);
 - the measured fp32 matmul rate (``torch.mm`` 2048 x 2048, median of samples taken between
   the timed iterations) and the floor = FLOPs / rate;
-- median seconds per iteration after a warm-up, its ratio to the floor, seconds of a
+- median seconds per iteration after a warm-up; the ratio to the floor (median over the
+  timed iterations, each at the rate sampled just before and after it); seconds of a
   no-grad forward pass (both directions as one batch of 2, as RSGM uses the net);
 - peak resident memory of a fresh subprocess per variant, and of a baseline subprocess
   that only builds the net and inputs.
@@ -24,7 +25,7 @@ the GPU's peak allocated memory is printed too; ``chunked`` is then ``"auto"``, 
 Variants: ``chunked`` (the default ``attention_impl="auto"`` on CPU) and ``reference``
 (plain materialised ``softmax(q k^T) v``: ~(HW/16)^2 floats per PAM, several GB at 350 x 740).
 
-    python benchmarks/bench_registration.py                    # 350 x 740, 3 timed iterations
+    python benchmarks/bench_registration.py                    # 350 x 740, 5 timed iterations
     python benchmarks/bench_registration.py --height 128 --width 256 --iters 2
 """
 from __future__ import annotations
@@ -80,11 +81,11 @@ def _child(args: argparse.Namespace) -> None:
         # the pair is its own pre-alignment here (a_on_b = a, b_on_a = b): the same ops
         registration_step(net, optimizer, a, b, a, b, RegistrationWeights())
 
-    result["iter_s"], result["rate"] = time_iterations(iteration, args.iters, device)
+    result["iter_s"], result["rate"], result["iter_rates"] = time_iterations(iteration, args.iters, device)
+    peak_memory(result, device)  # the training iterations' own (not the inference's, nor FLOP counting's)
     both_m, both_f = torch.cat([a, b]), torch.cat([b, a])
     with torch.no_grad():
         result["infer_s"] = time_calls(lambda: net(both_m, both_f), 1, warmup=1, device=device)[0]
-    peak_memory(result, device)  # before FLOP counting (which runs the same ops again)
     result["fwd_flops"], _ = count_flops(lambda: net(a, b))
     result["iter_flops"], result["iter_flops_by_op"] = count_flops(iteration)
     emit(result)

@@ -16,15 +16,17 @@ backward, one AdamW step. Variants, each in a fresh subprocess:
 Printed: FLOPs of the iteration (``FlopCounterMode``: matmuls and convolutions, forward
 and backward), the fp32 matmul rate (``torch.mm`` 2048 x 2048, sampled between the timed
 iterations), floor = the segmenter's FLOPs (the ``cached`` iteration's) / rate, median
-seconds per iteration after a warm-up and its ratio to that floor, peak resident memory
-of each subprocess and of a baseline one that only builds the nets and the batch. Children call ``utils.training.keep_freed_memory()``
+seconds per iteration after a warm-up, the ratio to that floor (median over the timed
+iterations, each at the rate sampled just before and after it), peak resident memory
+of each subprocess and of a baseline one that only builds the nets and the batch.
+Children call ``utils.training.keep_freed_memory()``
 (glibc keeps freed blocks instead of unmapping them: ~1.5x faster, ~0.8 GB more peak
 here) unless ``--default-malloc``.
 
 On ``--device cuda`` the iteration runs in mixed precision, as the trainer's ``--amp auto``
 does there; times wait for the GPU, and the GPU's peak allocated memory is printed too.
 
-    python benchmarks/bench_segmentation.py                   # 350 x 740, 3 timed iterations
+    python benchmarks/bench_segmentation.py                   # 350 x 740, 5 timed iterations
     python benchmarks/bench_segmentation.py --height 128 --width 256 --iters 2
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import (add_iteration_args, count_flops, describe_setup, emit,  # noqa: E402
-                                iteration_argv, iteration_report, peak_memory, run_child, setup_child,
+                                floor_ratios, iteration_argv, iteration_report, peak_memory, run_child, setup_child,
                                 time_iterations)
 
 VARIANTS = ("cached", "live", "supervised")
@@ -134,7 +136,7 @@ def _child(args: argparse.Namespace) -> None:
     def iteration() -> None:
         segmentation_step(net, optimizer, scaler, batch, cache, config, 1.0, generator, device, amp)
 
-    result["iter_s"], result["rate"] = time_iterations(iteration, args.iters, args.device)
+    result["iter_s"], result["rate"], result["iter_rates"] = time_iterations(iteration, args.iters, args.device)
     peak_memory(result, args.device)  # before FLOP counting (which runs the same ops again)
     result["iter_flops"], result["iter_flops_by_op"] = count_flops(iteration)
     emit(result)
@@ -153,18 +155,18 @@ def main(argv=None) -> None:
     print(f"baseline (segmenter, registration net, batch only): peak RSS {base_mib:.0f} MiB, "
           f"{describe_setup(base)}")
     results = {v: run_child(Path(__file__).resolve(), ["--child", v, *common]) for v in args.variants}
-    seg_floor = None
+    seg_flops = None
     if "error" not in results.get("cached", {"error": ""}):
-        seg_floor = results["cached"]["iter_flops"] / results["cached"]["rate"]
+        seg_flops = results["cached"]["iter_flops"]
     for variant, r in results.items():
         if "error" in r:
             print(f"\n[{variant}] failed: {r['error']}")
             continue
         print(f"\n[{variant}]")
         print("\n".join(iteration_report(r, base_mib)))
-        if seg_floor is not None and variant != "cached":
-            print(f"  ratio to the segmenter's floor     {statistics.median(r['iter_s']) / seg_floor:9.2f}"
-                  f"   (the cached iteration's FLOPs / rate)")
+        if seg_flops is not None and variant != "cached":
+            print(f"  ratio to the segmenter's floor     {statistics.median(floor_ratios(r, seg_flops)):9.2f}"
+                  f"   (median; the cached iteration's FLOPs at the rate around each iteration)")
     print(f"\nreference point: {PUBLISHED}; {TARGETS}.")
 
 

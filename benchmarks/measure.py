@@ -36,11 +36,11 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: int = 740, iters: int = 3) -> None:
+def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: int = 740, iters: int = 5) -> None:
     """The options of a training-iteration benchmark (read back by :func:`iteration_argv`)."""
     ap.add_argument("--height", type=int, default=height, help=f"image height in pixels (default: {height})")
     ap.add_argument("--width", type=int, default=width, help=f"image width in pixels (default: {width})")
-    ap.add_argument("--iters", type=int, default=iters, help="timed iterations per variant (after 1 warm-up)")
+    ap.add_argument("--iters", type=int, default=iters, help=f"timed iterations per variant, after 1 warm-up (default: {iters})")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="where the iteration runs (default: cpu; on cuda the GPU's peak allocated memory "
@@ -71,28 +71,45 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+_MATMUL_OPERANDS: dict[tuple, tuple] = {}
+
+
 def matmul_rates(size: int = 2048, repeats: int = 7, device: str = "cpu") -> list[float]:
     """fp32 ``torch.mm`` rates in FLOP/s of ``repeats`` products of ``size x size`` matrices
-    on ``device`` (after 1 warm-up; on CUDA with TF32 as torch has it, off by default)."""
+    on ``device`` (after 1 warm-up; on CUDA with TF32 as torch has it, off by default).
+
+    The operands and the output are allocated once per size and device, so that sampling
+    the rate between timed iterations does not churn (and fragment) their heap."""
     import torch
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    return [2 * size ** 3 / t for t in time_calls(lambda: torch.mm(a, b), repeats, warmup=1, device=device)]
+    key = (size, str(device))
+    if key not in _MATMUL_OPERANDS:
+        _MATMUL_OPERANDS[key] = tuple(torch.randn(size, size, device=device) for _ in range(3))
+    a, b, out = _MATMUL_OPERANDS[key]
+    return [2 * size ** 3 / t for t in time_calls(lambda: torch.mm(a, b, out=out), repeats, warmup=1, device=device)]
 
 
 def time_iterations(fn: Callable[[], object], repeats: int, device: str = "cpu",
-                    rate_repeats: int = 3) -> tuple[list[float], float]:
-    """``(seconds of each of repeats calls of fn, median matmul rate in FLOP/s)`` after one
-    warm-up call; the rate is sampled (``rate_repeats`` products) before each timed call
-    and after the last, so that it is the machine's rate while ``fn`` was timed (on a
-    shared machine it drifts by tens of percent between minutes)."""
+                    rate_repeats: int = 3) -> tuple[list[float], float, list[float]]:
+    """``(seconds of each of repeats calls of fn, median matmul rate, rate around each call)``
+    after one warm-up call, rates in FLOP/s. The rate is sampled (``rate_repeats`` products)
+    before each timed call and after the last; the rate around call ``i`` is the median of
+    the samples just before and just after it. On a shared machine the rate drifts by tens
+    of percent between minutes, so a call is best compared with the rate around it."""
     fn()
     synchronize(device)
-    times, rates = [], []
+    times, samples = [], [matmul_rates(repeats=rate_repeats, device=device)]
     for _ in range(repeats):
-        rates += matmul_rates(repeats=rate_repeats, device=device)
         times += time_calls(fn, 1, warmup=0, device=device)
-    rates += matmul_rates(repeats=rate_repeats, device=device)
-    return times, statistics.median(rates)
+        samples.append(matmul_rates(repeats=rate_repeats, device=device))
+    around = [statistics.median(samples[i] + samples[i + 1]) for i in range(repeats)]
+    return times, statistics.median([rate for group in samples for rate in group]), around
+
+
+def floor_ratios(r: dict, flops: float | None = None) -> list[float]:
+    """Each timed iteration's ratio to the FLOP floor at the rate around it:
+    ``iter_s[i] * iter_rates[i] / flops`` (``flops`` defaults to ``r["iter_flops"]``)."""
+    flops = r["iter_flops"] if flops is None else flops
+    return [t * rate / flops for t, rate in zip(r["iter_s"], r["iter_rates"])]
 
 
 def synchronize(device: str = "cpu") -> None:
@@ -180,20 +197,22 @@ def describe_setup(base: dict) -> str:
 
 def iteration_report(r: dict, base_mib: float) -> list[str]:
     """Lines for a training-iteration child's result ``r`` (``iter_flops``,
-    ``iter_flops_by_op``, ``rate``, ``iter_s``, ``peak_mib``, optional ``gpu_peak_mib``):
-    FLOPs per op, matmul rate, floor, median time and its ratio to the floor, peak
-    memory over ``base_mib``."""
+    ``iter_flops_by_op``, ``rate``, ``iter_s``, ``iter_rates``, ``peak_mib``, optional
+    ``gpu_peak_mib``): FLOPs per op, matmul rate, floor, median time, the ratio to the
+    floor (median of :func:`floor_ratios`), peak memory over ``base_mib``."""
     median = statistics.median(r["iter_s"])
     floor = r["iter_flops"] / r["rate"]
+    ratios = floor_ratios(r)
     lines = [f"  FLOPs training iteration           {r['iter_flops'] / 1e9:9.1f} GFLOP"]
     lines += [f"      {op:<45s} {n / 1e9:9.1f} GFLOP"
               for op, n in sorted(r["iter_flops_by_op"].items(), key=lambda kv: -kv[1])]
     lines += [f"  matmul rate (mm 2048^2, fp32)      {r['rate'] / 1e9:9.1f} GFLOP/s   "
               f"(median, sampled between the timed iterations)",
-              f"  floor = FLOPs / rate               {floor:9.2f} s",
+              f"  floor = FLOPs / rate               {floor:9.2f} s   (at the median rate)",
               f"  seconds / iteration (median)       {median:9.2f} s   "
               f"(all: {', '.join(f'{t:.2f}' for t in r['iter_s'])})",
-              f"  ratio to floor                     {median / floor:9.2f}",
+              f"  ratio to floor (median)            {statistics.median(ratios):9.2f}   "
+              f"(each iteration at the rate around it: {', '.join(f'{x:.2f}' for x in ratios)})",
               f"  peak RSS                           {r['peak_mib']:9.0f} MiB "
               f"(+{r['peak_mib'] - base_mib:.0f} over baseline)"]
     if "gpu_peak_mib" in r:

@@ -29,15 +29,29 @@ def test_benchmark_runs_and_prints(script, args, expected):
         assert text in result.stdout, result.stdout[-2000:]
 
 
-def test_time_iterations_times_each_call_and_samples_the_rate_between_them(monkeypatch):
-    """One warm-up plus ``repeats`` timed calls; the rate is the median of the samples
-    taken before each timed call and after the last."""
+def test_time_iterations_times_each_call_and_samples_the_rate_around_each(monkeypatch):
+    """One warm-up plus ``repeats`` timed calls; rate samples before the first timed call and
+    after each; the rate around call i is the median of the samples on either side of it."""
     sys.path.insert(0, str(ROOT))
     from benchmarks import measure
 
     calls, samples = [], iter([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [100.0, 200.0]])
     monkeypatch.setattr(measure, "matmul_rates", lambda repeats, device: (calls.append("rate"), next(samples))[1])
-    times, rate = measure.time_iterations(lambda: calls.append("fn"), 3, rate_repeats=2)
+    times, rate, around = measure.time_iterations(lambda: calls.append("fn"), 3, rate_repeats=2)
     assert calls == ["fn", "rate", "fn", "rate", "fn", "rate", "fn", "rate"]
     assert len(times) == 3 and all(t >= 0 for t in times)
     assert rate == 4.5  # median of 1, 2, 3, 4, 5, 6, 100, 200
+    assert around == [2.5, 4.5, 53.0]  # medians of {1,2,3,4}, {3,4,5,6}, {5,6,100,200}
+
+
+def test_floor_ratios_pair_each_time_with_its_rate():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.measure import floor_ratios, iteration_report
+
+    r = {"iter_s": [2.0, 3.0, 4.0], "iter_rates": [10.0, 5.0, 2.0], "iter_flops": 10.0, "rate": 5.0,
+         "iter_flops_by_op": {"aten.mm": 10.0}, "peak_mib": 100.0}
+    assert floor_ratios(r) == [2.0, 1.5, 0.8]
+    assert floor_ratios(r, 20.0) == [1.0, 0.75, 0.4]
+    report = "\n".join(iteration_report(r, 50.0))
+    assert "ratio to floor (median)                 1.50" in report
+    assert "floor = FLOPs / rate                    2.00 s" in report
