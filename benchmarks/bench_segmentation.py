@@ -149,7 +149,8 @@ def main(argv=None) -> None:
         return
     common = iteration_argv(args)
     print(f"segmentation training iteration (utils.steps.segmentation_step), {args.height} x {args.width}, "
-          f"batch 1, {args.device}{' (mixed precision)' if args.device == 'cuda' else ''}, RSGM + RNSF (K = 250), {args.iters} timed iterations after 1 warm-up")
+          f"batch 1, {args.device}{' (mixed precision)' if args.device == 'cuda' else ''}, RSGM + RNSF (K = 250), "
+          f"{args.iters} timed iterations after 1 warm-up")
     base = run_child(Path(__file__).resolve(), ["--child", "baseline", *common])
     base_mib = base.get("peak_mib", float("nan"))
     print(f"baseline (segmenter, registration net, batch only): peak RSS {base_mib:.0f} MiB, "

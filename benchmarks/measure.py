@@ -40,7 +40,8 @@ def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: in
     """The options of a training-iteration benchmark (read back by :func:`iteration_argv`)."""
     ap.add_argument("--height", type=int, default=height, help=f"image height in pixels (default: {height})")
     ap.add_argument("--width", type=int, default=width, help=f"image width in pixels (default: {width})")
-    ap.add_argument("--iters", type=int, default=iters, help=f"timed iterations per variant, after 1 warm-up (default: {iters})")
+    ap.add_argument("--iters", type=int, default=iters,
+                    help=f"timed iterations per variant, after 1 warm-up (default: {iters})")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="where the iteration runs (default: cpu; on cuda the GPU's peak allocated memory "
