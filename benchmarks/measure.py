@@ -58,10 +58,14 @@ def iteration_argv(args: argparse.Namespace) -> list[str]:
 
 
 def setup_child(args: argparse.Namespace) -> dict:
-    """Apply ``--threads`` and ``--default-malloc`` in a child; returns what is in use."""
+    """Apply ``--threads`` and ``--default-malloc`` in a child, and allocate the matmul-rate
+    operands (:func:`matmul_rates`) first, below everything the benchmark allocates later;
+    returns what is in use."""
     from utils.training import keep_freed_memory
-    return {"threads": set_threads(args.threads),
-            "keep_freed_memory": not args.default_malloc and keep_freed_memory()}
+    result = {"threads": set_threads(args.threads),
+              "keep_freed_memory": not args.default_malloc and keep_freed_memory()}
+    matmul_rates(repeats=1, device=args.device)
+    return result
 
 
 def set_threads(threads: int) -> int:
@@ -79,8 +83,9 @@ def matmul_rates(size: int = 2048, repeats: int = 7, device: str = "cpu") -> lis
     """fp32 ``torch.mm`` rates in FLOP/s of ``repeats`` products of ``size x size`` matrices
     on ``device`` (after 1 warm-up; on CUDA with TF32 as torch has it, off by default).
 
-    The operands and the output are allocated once per size and device, so that sampling
-    the rate between timed iterations does not churn (and fragment) their heap."""
+    The operands and the output are allocated once per size and device (by
+    :func:`setup_child`, before anything else), so that sampling the rate between timed
+    iterations neither churns nor fragments the heap the iterations use."""
     import torch
     key = (size, str(device))
     if key not in _MATMUL_OPERANDS:
