@@ -14,8 +14,9 @@ per direction, one Adam step. Printed per variant of the position attention:
 - median seconds per iteration after a warm-up; the ratio to the floor (median over the
   timed iterations, each at the rate sampled just before and after it); seconds of a
   no-grad forward pass (both directions as one batch of 2, as RSGM uses the net);
-- peak resident memory of a fresh subprocess per variant, and of a baseline subprocess
-  that only builds the net and inputs.
+- peak resident memory after the training iterations (before the no-grad pass), in a
+  fresh subprocess per variant, and of a baseline subprocess that only builds the net
+  and inputs.
 
 Children call ``utils.training.keep_freed_memory()`` unless ``--default-malloc``.
 
