@@ -8,7 +8,7 @@ per direction, one Adam step. Printed per variant of the position attention:
 - FLOPs of a forward pass and of a training iteration (``FlopCounterMode``: it counts
   matmuls and convolutions, not softmax, norms or warps; the ops missing from its table
   get formulas from ``benchmarks.measure.register_missing_flops``; the backward's
-  recomputations (attention blocks, checkpointed conv blocks) are counted as they run);
+  recomputations (attention blocks; conv blocks if the net checkpoints) are counted as they run);
 - the measured fp32 matmul rate (``torch.mm`` 2048 x 2048, median of samples taken between
   the timed iterations) and the floor = FLOPs / rate;
 - median seconds per iteration after a warm-up; the ratio to the floor (median over the
