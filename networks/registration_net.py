@@ -36,13 +36,13 @@ class RegistrationNet(nn.Module):
     for benchmarks only). The final 1x1 conv starts near zero (normal, std 1e-5;
     bias 0), so the initial flow is ~0.
 
-    ``checkpointing`` (default False): when True and gradients are on, the blocks with the
-    largest activations (``inc``, ``down1``, ``up3``, ``up4``: full and half resolution)
-    keep only their inputs and recompute the rest in the backward pass
-    (``torch.utils.checkpoint``); identical gradients. Measured on the 2-core CPU at
-    350 x 740 (2026-11-26), it lowers the peak RSS of a training iteration only from
-    1236-1337 to 1144-1293 MiB, for ~2.5 % more FLOPs and ~3 % more time, so it is
-    off unless memory is that tight.
+    ``checkpointing`` (default False): when True and gradients are on, the blocks with
+    the largest activations (``inc``, ``down1``, ``up3``, ``up4``: full and half
+    resolution) keep only their inputs and recompute the rest in the backward pass
+    (``torch.utils.checkpoint``); the same gradients up to float rounding. Measured on
+    the 2-core CPU at 350 x 740 (2026-11-26), it lowers the peak RSS of a training
+    iteration only from 1236-1337 to 1144-1293 MiB, for ~2.5 % more FLOPs and ~3 %
+    more time, so it is off unless memory is that tight.
     """
 
     def __init__(self, attention_impl: str = "auto", checkpointing: bool = False) -> None:
