@@ -19,6 +19,7 @@ from utils.rnsf import rnsf_loss
 
 FiniteCheck = Callable[[dict], None]
 
+
 @dataclass
 class RegistrationWeights:
     ssim: float = 1.0
