@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -26,14 +25,15 @@ from dataloaders.dataset import IMAGE_EXTS, DatasetFolder, parse_folds, read_ima
 from dataloaders.fold_data import open_fold
 from dataloaders.registration_data import RegistrationPairSet
 from dataloaders.segmentation_data import SegmentationEvalSet
-from networks.loading import load_network
 from networks.registration_net import RegistrationNet
 from networks.segmentation_net import SegmentationNet
 from utils.cli import add_common_args
 from utils.errors import InputError, run_cli
-from utils.evaluation import evaluate_registration, evaluate_segmentation, segment_probabilities
-from utils.metrics import HD95_EMPTY_POLICY, summarise
-from utils.training import find_best_checkpoint, run_dir_for, select_device, use_amp
+from utils.evaluation import evaluate_registration, evaluate_segmentation
+from utils.metrics import HD95_EMPTY_POLICY, masks_from_scores, summarise
+from utils.prediction import gland_probability, load_fold_models
+from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
+from utils.training.runtime import select_device, use_amp
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask, save_png, tp_fp_fn_overlay
 
 SEG_COLUMNS = ["name", "patient", "fold", "iou", "dice", "hd95", "recall", "accuracy", "hd95_empty"]
@@ -156,7 +156,7 @@ def _overlay_saver(folder: Path):
 
     def save(batch: dict, pred: np.ndarray) -> None:
         image = batch["image"][0, 0].numpy()
-        gt = batch["label"][0].argmax(0).numpy().astype(bool)
+        gt = masks_from_scores(batch["label"])[0].numpy()
         save_png(folder / f"{batch['name'][0]}.png", tp_fp_fn_overlay(image, pred, gt))
     return save
 
@@ -199,32 +199,21 @@ def predict(args: argparse.Namespace, folds: list[int], device: torch.device) ->
     if not files:
         raise InputError(f"--input {in_dir} holds no images ({', '.join(IMAGE_EXTS)})")
     amp = use_amp(args.amp, device)
-    nets = []
-    for k in folds:
-        path = checkpoint_for(args, args.exp[0], k, "5fold_Train_SS_MGS.py")
-        net, state = load_network(path, SegmentationNet(), device)
-        nets.append((net, (state.get("args") or {}).get("resize")))
+    models = load_fold_models(args.runs_dir, args.exp[0], folds, device, args.checkpoint,
+                              hint=f"train it with: python 5fold_Train_SS_MGS.py --exp {args.exp[0]}")
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     rows = []
     for path in tqdm(files, desc="predict", disable=args.no_progress):
         image = read_image(path)
         height, width = image.shape
-        probs = np.zeros((height, width), np.float64)
-        for net, resize in nets:
-            work = cv2.resize(image, tuple(resize), interpolation=cv2.INTER_LINEAR) if resize else image
-            gland = segment_probabilities(net, torch.from_numpy(work)[None, None].to(device), amp)[0, 1]
-            gland = gland.cpu().numpy()
-            if resize:
-                gland = cv2.resize(gland, (width, height), interpolation=cv2.INTER_LINEAR)
-            probs += gland / len(nets)
-        mask = probs > 0.5
-        cv2.imwrite(str(out_dir / "masks" / f"{path.stem}.png"), mask.astype(np.uint8) * 255)
+        mask = gland_probability(models, image, device, amp) > 0.5
+        save_png(out_dir / "masks" / f"{path.stem}.png", mask.astype(np.uint8) * 255)
         save_png(out_dir / "overlays" / f"{path.stem}.png", overlay_mask(image, mask))
         rows.append({"name": path.stem, "height": height, "width": width, "gland_pixels": int(mask.sum()),
                      "gland_fraction": float(mask.mean())})
     write_csv(out_dir / "gland_area.csv", rows, ["name", "height", "width", "gland_pixels", "gland_fraction"])
-    print(f"{len(rows)} images segmented with {len(nets)} fold model(s) -> {out_dir}")
+    print(f"{len(rows)} images segmented with {len(models)} fold model(s) -> {out_dir}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

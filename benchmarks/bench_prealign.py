@@ -1,4 +1,4 @@
-"""Benchmark of utils/prealign.py on a paper-sized synthetic set (73 patients x 4 images, 740 x 350).
+"""Benchmark of the affine pre-alignment (dataloaders.prealignment) on a paper-sized synthetic set (73 patients x 4 images, 740 x 350).
 
     python benchmarks/bench_prealign.py [--patients 73] [--images 4] [--size 740 350] [--workers 2]
                                         [--source demo|affine] [--keep DIR]
@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataloaders.dataset import DatasetFolder  # noqa: E402
-from utils import prealign  # noqa: E402
+from dataloaders.prealignment import cache as prealign  # noqa: E402
+from dataloaders.prealignment.estimation import estimate_affine  # noqa: E402
 
 
 def homogeneous(matrix: np.ndarray) -> np.ndarray:
@@ -183,11 +184,11 @@ def main() -> None:
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            prealign.estimate_affine(moving, fixed)
+            estimate_affine(moving, fixed)
             times.append(time.perf_counter() - start)
         cpu = time.process_time()
         for _ in range(5):
-            prealign.estimate_affine(moving, fixed)
+            estimate_affine(moving, fixed)
         cpu = (time.process_time() - cpu) / 5
         print(f"single pair {a} -> {b} (1 thread, incl. smoothing + pyramid of both images): "
               f"median {1000 * np.median(times):.0f} ms wall, {1000 * cpu:.0f} ms CPU")

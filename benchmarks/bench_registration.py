@@ -1,6 +1,6 @@
 """Benchmark: one registration training iteration (prints numbers, asserts nothing).
 
-The iteration is the trainer's own, :func:`utils.steps.registration_step` (METHOD.md
+The iteration is the trainer's own, :func:`utils.stages.registration.registration_step` (METHOD.md
 section 2, batch 1): for both directions ``flow = net(moving, fixed)``,
 ``warped = warp(moving, flow)``, loss ``(1 - SSIM) + NCC + 0.1 * smooth``, one backward
 per direction, one Adam step. Printed per variant of the position attention:
@@ -18,7 +18,7 @@ per direction, one Adam step. Printed per variant of the position attention:
   fresh subprocess per variant, and of a baseline subprocess that only builds the net
   and inputs.
 
-Children call ``utils.training.keep_freed_memory()`` unless ``--default-malloc``.
+Children call ``utils.training.memory.keep_freed_memory()`` unless ``--default-malloc``.
 
 On ``--device cuda`` the times wait for the GPU, the matmul rate is the GPU's fp32 rate, and
 the GPU's peak allocated memory is printed too; ``chunked`` is then ``"auto"``, i.e. SDPA.
@@ -59,7 +59,7 @@ def _child(args: argparse.Namespace) -> None:
     import torch
 
     from networks.registration_net import RegistrationNet
-    from utils.steps import RegistrationWeights, registration_step
+    from utils.stages.registration import RegistrationWeights, registration_step
 
     result = setup_child(args)
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     if args.child:
         _child(args)
         return
-    print(f"registration training iteration (utils.steps.registration_step), {args.height} x {args.width}, "
+    print(f"registration training iteration (utils.stages.registration.registration_step), {args.height} x {args.width}, "
           f"batch 1, {args.device}, {args.iters} timed iterations after 1 warm-up"
           + (", channels_last" if args.channels_last else ""))
     base = _run_child(args, "baseline")
@@ -117,8 +117,8 @@ def main(argv=None) -> None:
         print(f"  FLOPs forward (one direction)      {r['fwd_flops'] / 1e9:9.1f} GFLOP")
         print("\n".join(iteration_report(r, base_mib)))
         print(f"  no-grad forward, batch 2           {r['infer_s']:9.2f} s")
-    print("\nreference point: the published implementation took 26.6 s and 6.15 GB per iteration; "
-          "targets here: <= 1.3 x floor, <= 1.5 GB peak.")
+    print("\ntargets: <= 1.3 x floor, <= 1.5 GB peak (the published implementation's figures are in "
+          "the README's speed table).")
 
 
 if __name__ == "__main__":

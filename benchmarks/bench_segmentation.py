@@ -1,12 +1,12 @@
 """Benchmark: one segmentation training iteration (prints numbers, asserts nothing).
 
-The iteration is the trainer's own, :func:`utils.steps.segmentation_step` (METHOD.md
+The iteration is the trainer's own, :func:`utils.stages.ss_mgs.segmentation_step` (METHOD.md
 sections 3-5, batch 1): RSGM images from the registration outputs, one forward pass of
 the segmenter over ``[x_l, g1, g2, u_neg]``, ``L_seg + L_rs + 0.1 L_rnsf`` (K = 250), one
 backward, one AdamW step. Variants, each in a fresh subprocess:
 
 - ``cached`` (what the trainer does): the registration outputs come from a stand-in for
-  :class:`networks.rsgm.RegistrationOutputCache` holding fixed smooth random ``w``, ``phi``;
+  :class:`dataloaders.registration_cache.RegistrationOutputCache` holding fixed smooth random ``w``, ``phi``;
   the registration net does not run in the iteration;
 - ``live`` (what the published code did): a real :class:`RegistrationNet` (eval, no grad)
   registers ``u1 -> x_l`` and ``x_l -> u2`` in every iteration
@@ -19,7 +19,7 @@ iterations), floor = the segmenter's FLOPs (the ``cached`` iteration's) / rate, 
 seconds per iteration after a warm-up, the ratio to that floor (median over the timed
 iterations, each at the rate sampled just before and after it), peak resident memory
 of each subprocess and of a baseline one that only builds the nets and the batch.
-Children call ``utils.training.keep_freed_memory()``
+Children call ``utils.training.memory.keep_freed_memory()``
 (glibc keeps freed blocks instead of unmapping them: ~1.5x faster, ~0.8 GB more peak
 here) unless ``--default-malloc``.
 
@@ -44,7 +44,6 @@ from benchmarks.measure import (add_iteration_args, count_flops, describe_setup,
                                 time_iterations)
 
 VARIANTS = ("cached", "live", "supervised")
-PUBLISHED = "the published implementation took 91.7 s and 12.2 GB per iteration"
 TARGETS = "targets: cached iteration <= 1.3 x the segmenter's floor, <= 3 GB peak"
 
 
@@ -58,7 +57,7 @@ def _parse(argv=None) -> argparse.Namespace:
 
 
 class FixedOutputs:
-    """Stand-in for :class:`networks.rsgm.RegistrationOutputCache`: ``get`` returns the same
+    """Stand-in for :class:`dataloaders.registration_cache.RegistrationOutputCache`: ``get`` returns the same
     ``w [B, 1, H, W]`` and ``phi [B, 2, H, W]`` for every name."""
 
     def __init__(self, w, phi) -> None:
@@ -111,8 +110,8 @@ def _child(args: argparse.Namespace) -> None:
 
     from networks.registration_net import RegistrationNet
     from networks.segmentation_net import SegmentationNet
-    from utils.steps import SegmentationConfig, segmentation_step
-    from utils.training import use_amp
+    from utils.stages.ss_mgs import SegmentationConfig, segmentation_step
+    from utils.training.runtime import use_amp
 
     result = setup_child(args)
     torch.manual_seed(0)
@@ -148,7 +147,7 @@ def main(argv=None) -> None:
         _child(args)
         return
     common = iteration_argv(args)
-    print(f"segmentation training iteration (utils.steps.segmentation_step), {args.height} x {args.width}, "
+    print(f"segmentation training iteration (utils.stages.ss_mgs.segmentation_step), {args.height} x {args.width}, "
           f"batch 1, {args.device}{' (mixed precision)' if args.device == 'cuda' else ''}, RSGM + RNSF (K = 250), "
           f"{args.iters} timed iterations after 1 warm-up")
     base = run_child(Path(__file__).resolve(), ["--child", "baseline", *common])
@@ -168,7 +167,7 @@ def main(argv=None) -> None:
         if seg_flops is not None and variant != "cached":
             print(f"  ratio to the segmenter's floor     {statistics.median(floor_ratios(r, seg_flops)):9.2f}"
                   f"   (median; the cached iteration's FLOPs at the rate around each iteration)")
-    print(f"\nreference point: {PUBLISHED}; {TARGETS}.")
+    print(f"\n{TARGETS} (the published implementation's figures are in the README's speed table).")
 
 
 if __name__ == "__main__":

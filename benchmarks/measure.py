@@ -47,7 +47,7 @@ def add_iteration_args(ap: argparse.ArgumentParser, height: int = 350, width: in
                     help="where the iteration runs (default: cpu; on cuda the GPU's peak allocated memory "
                          "is printed too)")
     ap.add_argument("--default-malloc", action="store_true",
-                    help="leave glibc malloc as it is (default: call utils.training.keep_freed_memory() first)")
+                    help="leave glibc malloc as it is (default: call utils.training.memory.keep_freed_memory() first)")
 
 
 def iteration_argv(args: argparse.Namespace) -> list[str]:
@@ -61,7 +61,7 @@ def setup_child(args: argparse.Namespace) -> dict:
     """Apply ``--threads`` and ``--default-malloc`` in a child, and allocate the matmul-rate
     operands (:func:`matmul_rates`) first, below everything the benchmark allocates later;
     returns what is in use."""
-    from utils.training import keep_freed_memory
+    from utils.training.memory import keep_freed_memory
     result = {"threads": set_threads(args.threads),
               "keep_freed_memory": not args.default_malloc and keep_freed_memory()}
     matmul_rates(repeats=1, device=args.device)

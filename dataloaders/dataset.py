@@ -329,13 +329,16 @@ def load_fold(root: str | os.PathLike, k: int, folder: DatasetFolder | None = No
 
 
 def parse_folds(value: str) -> list[int]:
-    """``--fold`` value: ``"1".."5"`` or ``"all"`` -> list of fold numbers."""
+    """``--fold`` value: ``"1".."5"``, a comma list such as ``"1,3"``, or ``"all"`` -> fold numbers."""
     if value == "all":
         return list(range(1, NUM_FOLDS + 1))
-    try:
-        k = int(value)
-    except ValueError:
-        raise InputError(f"--fold must be 1..{NUM_FOLDS} or 'all', got '{value}'") from None
-    if not 1 <= k <= NUM_FOLDS:
-        raise InputError(f"--fold must be 1..{NUM_FOLDS} or 'all', got '{value}'")
-    return [k]
+    folds = []
+    for part in str(value).split(","):
+        try:
+            k = int(part)
+        except ValueError:
+            raise InputError(f"--fold must be 1..{NUM_FOLDS}, a list like 1,3, or 'all', got '{value}'") from None
+        if not 1 <= k <= NUM_FOLDS or k in folds:
+            raise InputError(f"--fold must be 1..{NUM_FOLDS}, a list like 1,3, or 'all', got '{value}'")
+        folds.append(k)
+    return folds

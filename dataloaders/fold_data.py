@@ -5,25 +5,28 @@ import os
 from dataclasses import dataclass
 
 from dataloaders.dataset import DatasetFolder, Fold, load_fold
+from dataloaders.prealignment.cache import Prealignment, ensure_prealignment
 
 
 @dataclass
 class FoldData:
     folder: DatasetFolder
     fold: Fold
-    prealign: object  # utils.prealign.Prealignment
+    prealign: Prealignment | None
 
 
 def open_fold(data_dir: str | os.PathLike, k: int, resize: tuple[int, int] | None = None,
               folder: DatasetFolder | None = None, progress: bool = True,
               need_prealign: bool = True) -> FoldData:
     """Validate ``data_dir`` and ``train_dict{k}.json``; make sure the affine
-    pre-alignment of every patient in the fold is cached (computed on first use)."""
-    from utils.prealign import ensure_prealignment
-
+    pre-alignment of every patient in the fold is cached (computed on first use;
+    one line is printed when newly computed pairs fell back to the identity)."""
     folder = folder if folder is not None else DatasetFolder(data_dir, resize=resize)
     fold = load_fold(data_dir, k, folder)
     prealign = None
     if need_prealign:
         prealign = ensure_prealignment(folder, [s.images for s in fold.patients], progress=progress)
+        summary = prealign.fallback_summary(prealign.computed)
+        if summary:
+            print(summary)
     return FoldData(folder=folder, fold=fold, prealign=prealign)

@@ -4,7 +4,7 @@ Shapes (METHOD.md): images ``[1, H, W]`` float32 in [0, 1], labels one-hot
 ``[2, H, W]`` float (channel 1 = gland), fields ``[2, H, W]`` float32 in pixels,
 channel 0 = row; ``warp(m, d)(p) = m(p + d(p))``. ``prealign`` is any object
 with ``size`` ``(H, W)``, ``matrix(a, b)`` and ``field(a, b) -> [2, H, W]``
-where ``warp(image_a, field(a, b)) ~ image_b`` (``utils.prealign.Prealignment``).
+where ``warp(image_a, field(a, b)) ~ image_b`` (``dataloaders.prealignment.cache.Prealignment``).
 
 Training datasets are iteration-based: ``len(ds) == iterations`` per epoch;
 item ``i`` of epoch ``e`` is drawn with ``np.random.default_rng([seed, e, i])``,
@@ -22,8 +22,8 @@ from typing import Sequence
 from torch.utils.data import Dataset
 
 from dataloaders.dataset import DatasetFolder, Subject
-from dataloaders.sampling import (ImageCache, IterationDataset, check_pairs, check_size, pick, pick_two,
-                                  warp_image, warp_label)
+from dataloaders.sampling import ImageCache, IterationDataset, check_pairs, check_size, pick, pick_two, warp_image
+from networks.spatial_transformer import warp_label
 from utils.errors import InputError
 
 
@@ -124,7 +124,7 @@ class RegistrationPairSet(Dataset):
             "moving": moving,
             "fixed": self.cache.tensor(fixed_name),
             "moving_aligned": warp_image(moving, field),
-            "moving_label_aligned": warp_label(self.cache.label_index(moving_name), field),
+            "moving_label_aligned": warp_label(self.cache.label(moving_name)[None], field[None])[0],
             "fixed_label": self.cache.label(fixed_name),
             "affine_field": field,
             "moving_name": moving_name,

@@ -58,10 +58,6 @@ class ImageCache:
         """One-hot label ``[2, H, W]`` float (reads ``Label/<name>.png`` on first use)."""
         return one_hot(torch.from_numpy(self.folder.load_label(name)))
 
-    def label_index(self, name: str) -> torch.Tensor:
-        """Index mask ``[1, H, W]`` float32 in {0, 1}."""
-        return torch.from_numpy(self.folder.load_label(name).astype(np.float32))[None]
-
     def preload(self, names: Iterable[str]) -> None:
         for name in names:
             self.image(name)
@@ -88,16 +84,6 @@ def pick_two(rng: np.random.Generator, items: Sequence) -> tuple:
 def warp_image(image: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     """Bilinear warp of one image ``[C, H, W]`` by one field ``[2, H, W]``."""
     return warp(image[None], field[None])[0]
-
-
-def warp_label(index_mask: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
-    """Nearest warp of an index mask ``[1, H, W]`` -> one-hot ``[2, H, W]``.
-
-    The index mask (not the one-hot) is warped so that pixels sampled outside
-    the image become background rather than all-zero.
-    """
-    warped = warp(index_mask[None], field[None], mode="nearest")[0, 0]
-    return one_hot(warped.round().long())
 
 
 def check_size(folder: DatasetFolder, prealign) -> None:

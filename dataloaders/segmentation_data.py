@@ -35,7 +35,7 @@ class SegmentationTrainSet(IterationDataset):
     batch, as the published code did): ``"u1_on_l" = warp(u1, field(u1, x_l))``,
     ``"x_l_on_u2" = warp(x_l, field(x_l, u2))`` ``[1, H, W]`` and ``"field_l_u2" =
     field(x_l, u2)`` ``[2, H, W]``. The trainer looks the registration outputs up
-    by name (:class:`networks.rsgm.RegistrationOutputCache`) and leaves them off.
+    by name (:class:`dataloaders.registration_cache.RegistrationOutputCache`) and leaves them off.
     """
 
     def __init__(self, folder: DatasetFolder, subjects: Sequence[Subject], prealign,

@@ -18,10 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-#: Elements of one ``[rows, N]`` query block of :class:`_ChunkedAttention` (2**23
-#: floats = 32 MiB, ~500 rows at N = 88 * 188, the 1/4 scale of 350 x 740). At most
-#: three such temporaries live at once. Measured on a 2-core CPU, registration
-#: iteration: 2**22 9.1-9.7 s, 2**23 8.4-9.0 s, 2**24 8.8-8.9 s (+0.25 GB peak).
+from utils.precision import no_autocast
+
+#: Elements of one ``[rows, N]`` query block of :class:`_ChunkedAttention` (about 500 rows
+#: at the 1/4 scale of a 350 x 740 image). At most three such temporaries live at once:
+#: larger blocks mean fewer, larger BLAS calls but more memory (the README's speed notes
+#: give the measured trade-off).
 CHUNK_ELEMENTS = 2 ** 23
 
 ATTENTION_IMPLS = ("auto", "chunked", "sdpa", "reference")
@@ -109,7 +111,7 @@ class _ChunkedAttention(torch.autograd.Function):
     that recomputes each block's probabilities (FlashAttention's algorithm, in PyTorch ops).
 
     Works on ``q, k [G, N, Dk]``, ``v [G, N, Dv]`` with 2-D BLAS calls per item and
-    block (measured faster than batched 4-D matmuls; accumulations use ``addmm_``).
+    block (faster than batched 4-D matmuls on CPU; accumulations use ``addmm_``).
     Peak extra memory: a few ``[rows, N]`` blocks, never ``[N, N]``.
     """
 
@@ -132,7 +134,7 @@ class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        with torch.autocast(grad_out.device.type, enabled=False):
+        with no_autocast(grad_out.device):
             return _ChunkedAttention._backward(ctx, grad_out)
 
     @staticmethod
@@ -170,7 +172,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "au
     memory-efficient kernel takes ``Dk != Dv``); ``"chunked"`` = exact blockwise
     computation (:class:`_ChunkedAttention`); ``"auto"`` = ``"chunked"`` on CPU (the
     CPU flash kernel needs ``Dk == Dv`` and the math fallback materialises ``[N, N]``;
-    chunking also measured faster than zero-padding ``q, k`` to ``Dv`` for flash),
+    chunking is also faster than zero-padding ``q, k`` to ``Dv`` for flash),
     ``"sdpa"`` elsewhere; ``"reference"`` = :func:`attention_reference`.
     """
     if impl == "auto":
@@ -180,7 +182,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "au
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype),
                                     torch.promote_types(v.dtype, torch.float32))
         lead = q.shape[:-2]
-        with torch.autocast(q.device.type, enabled=False):
+        with no_autocast(q.device):
             out = _ChunkedAttention.apply(*(t.reshape(-1, *t.shape[-2:]).to(dtype) for t in (q, k, v)))
         return out.reshape(*lead, *out.shape[-2:])
     if impl == "sdpa":
@@ -252,6 +254,6 @@ class Up(nn.Module):
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
         if len(self.attention) == 0:
             # no [skip, up] copy: the first conv saves skip (kept anyway) and up, not a
-            # concatenated copy of both (measured: -0.4 GB on a segmentation iteration)
+            # concatenated copy of both: less peak memory, the same values
             return self.conv(skip, x)
         return self.conv(self.attention(torch.cat([skip, x], dim=1)))

@@ -15,10 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from networks.blocks import ConvBlock, Down, Up
+from networks.blocks import Up
+from networks.unet_encoder import ENCODER_CHANNELS, UNetEncoder, run_plain
 
 MULTIPLE = 16
-ENCODER_CHANNELS = (16, 32, 64, 128, 256)
 
 
 def symmetric_padding(height: int, width: int, multiple: int = MULTIPLE) -> tuple[int, int, int, int]:
@@ -28,7 +28,7 @@ def symmetric_padding(height: int, width: int, multiple: int = MULTIPLE) -> tupl
     return pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2
 
 
-class RegistrationNet(nn.Module):
+class RegistrationNet(UNetEncoder):
     """UNet 16-32-64-128-256 down, 128-64-32-16 up; up-blocks 1-2: SE then PAM, 3: SE, 4: plain.
 
     ``attention_impl`` chooses how PAM computes its attention (see
@@ -39,21 +39,15 @@ class RegistrationNet(nn.Module):
     ``checkpointing`` (default False): when True and gradients are on, the blocks with
     the largest activations (``inc``, ``down1``, ``up3``, ``up4``: full and half
     resolution) keep only their inputs and recompute the rest in the backward pass
-    (``torch.utils.checkpoint``); the same gradients up to float rounding. Measured on
-    the 2-core CPU at 350 x 740 (2026-11-26), it lowers the peak RSS of a training
-    iteration only from 1236-1337 to 1144-1293 MiB, for ~2.5 % more FLOPs and ~3 %
-    more time, so it is off unless memory is that tight.
+    (``torch.utils.checkpoint``); the same gradients up to float rounding. It trades
+    a few percent more time for a somewhat lower peak memory (README, speed table), so
+    it is off unless memory is that tight.
     """
 
     def __init__(self, attention_impl: str = "auto", checkpointing: bool = False) -> None:
-        super().__init__()
+        super().__init__(in_channels=2)
         self.checkpointing = checkpointing
         c1, c2, c3, c4, c5 = ENCODER_CHANNELS
-        self.inc = ConvBlock(2, c1)
-        self.down1 = Down(c1, c2)
-        self.down2 = Down(c2, c3)
-        self.down3 = Down(c3, c4)
-        self.down4 = Down(c4, c5)
         self.up1 = Up(c5, c4, c4, attention="se+pam", attention_impl=attention_impl)
         self.up2 = Up(c4, c3, c3, attention="se+pam", attention_impl=attention_impl)
         self.up3 = Up(c3, c2, c2, attention="se")
@@ -72,14 +66,11 @@ class RegistrationNet(nn.Module):
         x = F.pad(torch.cat([fixed, moving], dim=1), (left, right, top, bottom))
         recompute = self.checkpointing and torch.is_grad_enabled()
 
-        def run(block: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
-            return checkpoint(block, *inputs, use_reentrant=False) if recompute else block(*inputs)
+        def recomputed(block: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+            return checkpoint(block, *inputs, use_reentrant=False)
 
-        x1 = run(self.inc, x)
-        x2 = run(self.down1, x1)
-        x3 = self.down2(x2)
-        x4 = self.down3(x3)
-        x = self.down4(x4)
+        run = recomputed if recompute else run_plain
+        x1, x2, x3, x4, x = self.encode(x, run)
         x = self.up1(x, x4)
         x = self.up2(x, x3)
         x = run(self.up3, x, x2)

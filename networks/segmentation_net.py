@@ -24,10 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from networks.blocks import ConvBlock, Down, Up
+from networks.blocks import Up
+from networks.unet_encoder import ENCODER_CHANNELS, UNetEncoder
 
 MULTIPLE = 16
-ENCODER_CHANNELS = (16, 32, 64, 128, 256)
 
 
 def padded_size(height: int, width: int, multiple: int = MULTIPLE) -> tuple[int, int]:
@@ -46,17 +46,12 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-class SegmentationNet(nn.Module):
+class SegmentationNet(UNetEncoder):
     """UNet 16-32-64-128-256 / 128-64-32-16 (no attention), 1x1 heads on the last and 1/4 levels."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, proj_dim: int = 64) -> None:
-        super().__init__()
+        super().__init__(in_channels)
         c1, c2, c3, c4, c5 = ENCODER_CHANNELS
-        self.inc = ConvBlock(in_channels, c1)
-        self.down1 = Down(c1, c2)
-        self.down2 = Down(c2, c3)
-        self.down3 = Down(c3, c4)
-        self.down4 = Down(c4, c5)
         self.up1 = Up(c5, c4, c4)
         self.up2 = Up(c4, c3, c3)
         self.up3 = Up(c3, c2, c2)
@@ -79,11 +74,8 @@ class SegmentationNet(nn.Module):
             raise ValueError(f"input must be [B, C, H, W], got {tuple(x.shape)}")
         size = tuple(x.shape[-2:])
         quarter = quarter_size(*size)
-        x1 = self.inc(_resize(x, padded_size(*size)))
-        x2 = self.down1(x1)
-        x3 = self.down2(x2)
-        x4 = self.down3(x3)
-        d1 = self.up1(self.down4(x4), x4)
+        x1, x2, x3, x4, x5 = self.encode(_resize(x, padded_size(*size)))
+        d1 = self.up1(x5, x4)
         d2 = self.up2(d1, x3)
         d3 = self.up3(d2, x2)
         d4 = self.up4(d3, x1)

@@ -4,7 +4,7 @@ Conventions (METHOD.md): a displacement field ``d`` has shape ``[B, 2, H, W]``,
 in pixels, channel 0 = row (y), channel 1 = column (x). Warping is a pull-back:
 ``warp(m, d)(p) = m(p + d(p))``, sampled with ``grid_sample`` using
 ``align_corners=True`` (pixel ``p`` maps to ``2 p / (size - 1) - 1``) and zeros
-outside the image; bilinear for images, nearest for labels.
+outside the image; bilinear for images, :func:`warp_label` (nearest) for labels.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from utils.onehot import class_index, one_hot
 
 _GRID_CACHE: dict[tuple, torch.Tensor] = {}
 _GRID_CACHE_MAX = 16
@@ -55,6 +57,18 @@ def warp(image: torch.Tensor, field: torch.Tensor, mode: str = "bilinear") -> to
         raise ValueError(f"image {tuple(image.shape)} and field {tuple(field.shape)} differ in size")
     grid = _sampling_grid(field.to(image.dtype))
     return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+
+def warp_label(label: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Nearest warp of a one-hot label ``[B, C, H, W]`` by ``field [B, 2, H, W]``.
+
+    The class index is warped (not the channels), so pixels sampled outside the
+    image become class 0 (background) and the result is one-hot everywhere,
+    float32 ``[B, C, H, W]``.
+    """
+    index = class_index(label, keepdim=True).to(field.dtype)
+    warped = warp(index, field, mode="nearest")
+    return one_hot(warped.round().long(), label.shape[1])
 
 
 def compose(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,11 @@ from networks.blocks import PositionAttention, attention, attention_reference
 from networks.registration_net import RegistrationNet
 from networks.segmentation_net import SegmentationNet
 from networks.spatial_transformer import compose, warp
-from utils.losses import dice_ce_loss, ncc_loss, ssim_loss
+from networks.losses import dice_ce_loss, ncc_loss, ssim_loss
 from utils.onehot import one_hot
-from utils.rnsf import rnsf_loss, rnsf_loss_reference
-from utils.steps import RegistrationWeights, SegmentationConfig, registration_step, segmentation_step
+from networks.rnsf import rnsf_loss, rnsf_loss_reference
+from utils.stages.registration import RegistrationWeights, registration_step
+from utils.stages.ss_mgs import SegmentationConfig, segmentation_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

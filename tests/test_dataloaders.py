@@ -486,7 +486,7 @@ def test_segmentation_eval_set(folder, fold):
 
 def test_with_real_prealignment(data_dir, tmp_path):
     """utils.prealign recovers the known translations, and the loaders use its fields."""
-    from utils.prealign import ensure_prealignment
+    from dataloaders.prealignment.cache import ensure_prealignment
 
     root = tmp_path / "data"
     shutil.copytree(data_dir, root)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from utils.losses import (dice_ce_loss, gaussian_window_1d, local_ncc_map, ncc_loss, smoothness_loss,
+from networks.losses import (dice_ce_loss, gaussian_window_1d, local_ncc_map, ncc_loss, smoothness_loss,
                           soft_dice, ssim, ssim_loss, ssim_map)
 
 

@@ -1,4 +1,4 @@
-"""Tests of utils/prealign.py: affine estimation, field convention, cache, folds, CLI."""
+"""Pre-alignment: affine estimation, field convention, cache (dataloaders.prealignment), folds, CLI."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import utils.prealign as prealign
+import utils.prealign as prealign_cli
+from dataloaders.prealignment import cache as prealign
+from dataloaders.prealignment import estimation
 from dataloaders.dataset import DatasetFolder
 from networks.spatial_transformer import warp
 from utils.errors import InputError
@@ -71,7 +73,7 @@ def test_phase_correlation_sign_gives_inverse_map_translation():
     window = cv2.createHanningWindow((W, H), cv2.CV_64F)
     (dx, dy), _ = cv2.phaseCorrelate(fixed.astype(np.float64), moving.astype(np.float64), window)
     assert (dx, dy) == pytest.approx((5.0, -3.0), abs=1.0)  # sign matters; sub-pixel is rough
-    shift = prealign._phase_shift(prealign._prepare(moving)[0], prealign._prepare(fixed)[0])
+    shift = estimation._phase_shift(estimation.prepare(moving)[0], estimation.prepare(fixed)[0])
     np.testing.assert_allclose(shift[:, :2], np.eye(2))
     np.testing.assert_allclose(shift[:, 2], [5.0, -3.0], atol=1.0)
 
@@ -79,14 +81,14 @@ def test_phase_correlation_sign_gives_inverse_map_translation():
 def test_matrix_scaling_between_pyramid_levels():
     big = canvas(7)
     truth = affine(3.0, 1.02, 0.0, (8.0, -6.0))
-    moving, fixed = prealign._prepare(view(big, IDENTITY)), prealign._prepare(view(big, truth))
+    moving, fixed = estimation.prepare(view(big, IDENTITY)), estimation.prepare(view(big, truth))
     assert len(moving) == 2  # 64 x 128: levels at full and half size
 
     def misfit(matrix: np.ndarray) -> float:
         warped = cv2.warpAffine(moving[1], matrix, moving[1].shape[::-1], flags=INVERSE)
         return float(np.abs(warped - fixed[1])[6:-6, 6:-6].mean())
 
-    coarse = prealign._scale_matrix(truth, 0.5)
+    coarse = estimation._scale_matrix(truth, 0.5)
     np.testing.assert_allclose(coarse[:, :2], truth[:, :2])
     np.testing.assert_allclose(coarse[:, 2], truth[:, 2] / 2)
     assert misfit(coarse) < 0.1 * misfit(IDENTITY)
@@ -102,7 +104,7 @@ def test_recovers_known_affine(degrees, scale, shear, shift):
     truth = affine(degrees, scale, shear, shift)
     moving = view(big, IDENTITY)
     fixed = view(big, truth)
-    matrix, corr, ok = prealign.estimate_affine(moving, fixed)
+    matrix, corr, ok = estimation.estimate_affine(moving, fixed)
     assert ok
     assert matrix.shape == (2, 3) and matrix.dtype == np.float64
     assert np.abs(matrix[:, :2] - truth[:, :2]).max() < 0.01
@@ -110,7 +112,7 @@ def test_recovers_known_affine(degrees, scale, shear, shift):
     corners = np.array([[0, 0, 1], [W - 1, 0, 1], [0, H - 1, 1], [W - 1, H - 1, 1], [W / 2, H / 2, 1]]).T
     assert np.abs((matrix - truth) @ corners).max() < 0.5
     assert abs(matrix[0, 2] - truth[0, 2]) < 0.5 and abs(matrix[1, 2] - truth[1, 2]) < 0.5
-    identity_corr, _ = prealign._correlation(prealign._prepare(moving)[0], prealign._prepare(fixed)[0],
+    identity_corr, _ = estimation._correlation(estimation.prepare(moving)[0], estimation.prepare(fixed)[0],
                                              IDENTITY)
     assert corr > identity_corr + 0.1
     assert corr > 0.95
@@ -124,7 +126,7 @@ def test_same_image_gives_identity():
     image = view(canvas(3), IDENTITY)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an aligned pair is not a failure
-        matrix, corr, ok = prealign.estimate_affine(image, image)
+        matrix, corr, ok = estimation.estimate_affine(image, image)
     assert ok and corr == pytest.approx(1.0, abs=1e-6)
     np.testing.assert_allclose(matrix, IDENTITY, atol=1e-3)
 
@@ -133,7 +135,7 @@ def test_noise_vs_constant_falls_back_to_identity_with_warning():
     noise = np.random.default_rng(0).random((H, W)).astype(np.float32)
     constant = np.full((H, W), 0.5, np.float32)
     with pytest.warns(RuntimeWarning, match=r"noise -> flat.*identity"):
-        matrix, corr, ok = prealign.estimate_affine(noise, constant, label="noise -> flat")
+        matrix, corr, ok = estimation.estimate_affine(noise, constant, label="noise -> flat")
     assert not ok
     np.testing.assert_array_equal(matrix, IDENTITY)
     assert corr == 0.0
@@ -146,19 +148,19 @@ def test_noise_vs_constant_falls_back_to_identity_with_warning():
 def test_bad_ecc_result_falls_back(monkeypatch, bad, reason):
     big = canvas(6)
     moving, fixed = view(big, IDENTITY), view(big, affine(1.0, 1.0, 0.0, (0.5, 0.0)))
-    monkeypatch.setattr(prealign, "_ecc", lambda moving, fixed, init, iterations: bad.copy())
+    monkeypatch.setattr(estimation, "_ecc", lambda moving, fixed, init, iterations: bad.copy())
     with pytest.warns(RuntimeWarning, match=reason):
-        matrix, corr, ok = prealign.estimate_affine(moving, fixed, label="a -> b")
+        matrix, corr, ok = estimation.estimate_affine(moving, fixed, label="a -> b")
     assert not ok
     np.testing.assert_array_equal(matrix, IDENTITY)
-    identity_corr, _ = prealign._correlation(prealign._prepare(moving)[0], prealign._prepare(fixed)[0],
+    identity_corr, _ = estimation._correlation(estimation.prepare(moving)[0], estimation.prepare(fixed)[0],
                                              IDENTITY)
     assert corr == pytest.approx(identity_corr)
 
 
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
-        prealign.estimate_affine(np.zeros((H, W), np.float32), np.zeros((H, W + 1), np.float32))
+        estimation.estimate_affine(np.zeros((H, W), np.float32), np.zeros((H, W + 1), np.float32))
 
 
 # --------------------------------------------------------------------------- Prealignment
@@ -261,7 +263,7 @@ def test_second_call_recomputes_nothing(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("estimation must not run on a warm cache")
 
-    monkeypatch.setattr(prealign, "_estimate_prepared", forbidden)
+    monkeypatch.setattr(prealign, "estimate_prepared", forbidden)
     pre = prealign.ensure_prealignment(DatasetFolder(root), groups(), workers=1, progress=False)
     assert pre.computed == [] and len(pre.reused) == 12
     assert (root / "prealign.json").read_bytes() == before
@@ -273,13 +275,13 @@ def test_changed_image_recomputes_only_its_pairs(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "data")
     first = prealign.ensure_prealignment(DatasetFolder(root), groups(), workers=1, progress=False)
     calls = []
-    original = prealign._estimate_prepared
+    original = prealign.estimate_prepared
 
-    def counting(moving, fixed, label="pair"):
-        calls.append(label)
-        return original(moving, fixed, label)
+    def counting(moving, fixed):
+        calls.append(1)
+        return original(moving, fixed)
 
-    monkeypatch.setattr(prealign, "_estimate_prepared", counting)
+    monkeypatch.setattr(prealign, "estimate_prepared", counting)
     path = root / "Image" / "P001_2.png"
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     image[0, 0] = 255 - image[0, 0]  # new bytes, same size
@@ -329,15 +331,23 @@ def test_worker_pool_matches_serial_and_reports_fallbacks(tmp_path):
     write_png(root / "Image" / "Q_flat.png", np.full((H, W), 0.5, np.float32))
     write_png(root / "Image" / "Q_noise.png", np.random.default_rng(5).random((H, W)))
     patients = groups(("P001",)) + [["Q_flat", "Q_noise"]]
-    with pytest.warns(RuntimeWarning, match="Q_"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fallbacks are recorded, not warned about pair by pair
         parallel = prealign.ensure_prealignment(DatasetFolder(root), patients, workers=2, progress=False)
     assert len(parallel.computed) == 8
     assert not parallel.ok("Q_noise", "Q_flat") and not parallel.ok("Q_flat", "Q_noise")
     np.testing.assert_array_equal(parallel.matrix("Q_noise", "Q_flat"), IDENTITY)
+    fallbacks = parallel.fallbacks()
+    assert sorted((m, f) for m, f, _ in fallbacks) == [("Q_flat", "Q_noise"), ("Q_noise", "Q_flat")]
+    assert all(reason for _, _, reason in fallbacks)
+    summary = parallel.fallback_summary(parallel.computed)
+    assert summary.startswith("prealign: 2 of 8 pairs fell back to the identity (") and "\n" not in summary
+    stored = json.loads((root / "prealign.json").read_text())["fallbacks"]
+    assert sorted((e["moving"], e["fixed"]) for e in stored) == [("Q_flat", "Q_noise"), ("Q_noise", "Q_flat")]
+    reloaded = prealign.Prealignment.load(root / "prealign.json")
+    assert reloaded.fallbacks() == fallbacks  # reasons survive the cache
     (root / "prealign.json").unlink()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        serial = prealign.ensure_prealignment(DatasetFolder(root), patients, workers=1, progress=False)
+    serial = prealign.ensure_prealignment(DatasetFolder(root), patients, workers=1, progress=False)
     for pair in serial.pairs():
         np.testing.assert_allclose(parallel.matrix(*pair), serial.matrix(*pair), atol=1e-9)
 
@@ -363,10 +373,10 @@ def test_patients_from_folds(tmp_path):
     g1, g2, g3 = groups(("P001", "P002", "P003"))
     folder = DatasetFolder(root)
     with pytest.raises(InputError, match="run python -m utils.make_folds"):
-        prealign.patients_from_folds(root, folder)
+        prealign_cli.patients_from_folds(root, folder)
     write_fold(root, 1, [g1], [g2], [g3])
     write_fold(root, 3, [g3[::-1]], [g1], [g2])  # other order, other fold: same groups
-    assert prealign.patients_from_folds(root, folder) == [g1, g2, g3]
+    assert prealign_cli.patients_from_folds(root, folder) == [g1, g2, g3]
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from utils.rnsf import negative_sets, pixel_classes, rnsf_loss, rnsf_loss_reference
+from networks.rnsf import negative_sets, pixel_classes, rnsf_loss, rnsf_loss_reference
 
 D, H, W, K, T = 8, 6, 6, 5, 0.1
 

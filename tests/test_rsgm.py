@@ -7,7 +7,8 @@ import torch
 from scipy import stats
 
 from dataloaders.dataset import Subject
-from networks.rsgm import (RegistrationOutputCache, _beta_johnk, registration_outputs,
+from dataloaders.registration_cache import RegistrationOutputCache
+from networks.rsgm import (_beta_johnk, registration_outputs,
                            rsgm_generate, sample_coefficients)
 from networks.spatial_transformer import compose, field_from_affine, warp
 from utils.onehot import one_hot

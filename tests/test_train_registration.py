@@ -1,7 +1,6 @@
 """The registration trainer learns a known smooth deformation that affine alignment cannot."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,24 +9,25 @@ import numpy as np
 import pytest
 import torch
 
+import utils.stages.registration as registration_stage
 from dataloaders.dataset import DatasetFolder, load_fold
+from dataloaders.prealignment.cache import ensure_prealignment
 from dataloaders.registration_data import RegistrationPairSet
-from networks.loading import load_network
 from networks.registration_net import RegistrationNet
 from utils.evaluation import evaluate_registration
 from utils.metrics import summarise
-from utils.prealign import ensure_prealignment
-from utils.training import find_best_checkpoint
+from utils.stages.registration import RegistrationStage, build_parser
+from utils.training.checkpoints import find_best_checkpoint, load_checkpoint, load_network
+from utils.training.engine import TrainingDiverged
+from utils.training.fold_runner import train_folds
 
-ROOT = Path(__file__).resolve().parents[1]
 H, W = 64, 128
+CPU = torch.device("cpu")
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), ROOT / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def train(argv: list[str]) -> None:
+    """The registration trainer as its script runs it, driven from the test."""
+    train_folds(build_parser().parse_args(argv), CPU, RegistrationStage)
 
 
 def _glands(rng: np.random.Generator) -> np.ndarray:
@@ -73,14 +73,13 @@ def bent_dataset(tmp_path_factory) -> Path:
 def test_training_beats_affine_alone(bent_dataset, tmp_path):
     torch.set_num_threads(2)
     runs = tmp_path / "runs"
-    _script("5fold_Train_Reg.py").main(
-        ["--data-dir", str(bent_dataset), "--fold", "1", "--exp", "R", "--runs-dir", str(runs), "--device", "cpu",
-         "--epochs", "4", "--iters", "40", "--lr", "1e-3", "--workers", "0", "--no-progress"])
+    train(["--data-dir", str(bent_dataset), "--fold", "1", "--exp", "R", "--runs-dir", str(runs), "--device", "cpu",
+           "--epochs", "4", "--iters", "40", "--lr", "1e-3", "--workers", "0", "--no-progress"])
     folder = DatasetFolder(bent_dataset)
     fold = load_fold(bent_dataset, 1, folder)
     prealign = ensure_prealignment(folder, [s.images for s in fold.patients], progress=False)
-    net, _ = load_network(find_best_checkpoint(runs / "R" / "fold1"), RegistrationNet(), torch.device("cpu"))
-    rows = evaluate_registration(net, RegistrationPairSet(folder, fold.val, prealign), torch.device("cpu"),
+    net, _ = load_network(find_best_checkpoint(runs / "R" / "fold1"), RegistrationNet(), CPU)
+    rows = evaluate_registration(net, RegistrationPairSet(folder, fold.val, prealign), CPU,
                                  progress=False)
     summary = summarise(rows, ["affine_dice", "dice", "folding_fraction"])
     assert summary["dice_mean"] > summary["affine_dice_mean"] + 0.03, summary
@@ -88,18 +87,14 @@ def test_training_beats_affine_alone(bent_dataset, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bent_dataset, tmp_path, monkeypatch):
-    import utils.steps
-    from utils.training import TrainingDiverged, load_checkpoint
-
     runs = tmp_path / "runs"
     args = ["--data-dir", str(bent_dataset), "--fold", "1", "--exp", "R", "--runs-dir", str(runs), "--device", "cpu",
             "--iters", "2", "--workers", "0", "--no-progress"]
-    script = _script("5fold_Train_Reg.py")
-    script.main(args + ["--epochs", "1"])
+    train(args + ["--epochs", "1"])
     last = runs / "R" / "fold1" / "last.pth"
     before = last.read_bytes()
-    monkeypatch.setattr(utils.steps, "ssim_loss", lambda x, y: torch.tensor(float("nan")))
+    monkeypatch.setattr(registration_stage, "ssim_loss", lambda x, y: torch.tensor(float("nan")))
     with pytest.raises(TrainingDiverged, match=r"'ssim' is nan at epoch 2, iteration 1.*last good checkpoint"):
-        script.main(args + ["--epochs", "2", "--resume"])
+        train(args + ["--epochs", "2", "--resume"])
     assert last.read_bytes() == before
     assert load_checkpoint(last)["epoch"] == 0

@@ -1,4 +1,4 @@
-"""utils.training (set-up, checkpoints, resume, NaN guard) and utils.visualise."""
+"""utils.training (set-up, checkpoints, resume, NaN guard, memory), utils.files and utils.visualise."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from utils.errors import InputError
-from utils.training import (CheckpointManager, TrainingDiverged, atomic_save, check_finite,
-                            find_best_checkpoint, make_generator, make_writer, ramp_up,
-                            restore_rng_state, rng_state, run_dir_for, seed_everything, seed_worker,
-                            select_device, use_amp)
+from utils.files import atomic_save
+from utils.training.checkpoints import CheckpointManager, find_best_checkpoint, run_dir_for
+from utils.training.engine import TrainingDiverged, check_finite, make_writer
+from utils.training.rng_state import restore_rng_state, rng_state
+from utils.training.runtime import make_generator, seed_everything, seed_worker, select_device, use_amp
+from utils.training.schedules import ramp_up
 from utils.visualise import (deformation_grid, grid_lines, image_grid_panel, overlay_mask, save_png,
                              tp_fp_fn_overlay)
 
@@ -307,33 +309,99 @@ def test_save_epoch_refuses_reserved_names(tmp_path):
         CheckpointManager(tmp_path).save_epoch({"rng": torch.Generator()}, 0, 1.0)
 
 
-def test_keep_freed_memory_serves_large_blocks_from_the_heap():
-    """Without the call glibc mmaps a 100 MB block (and unmaps it on free, so every
-    reuse faults its pages in again); after it, the block comes from the heap.
-    Checked with glibc's mallinfo2 in a fresh process (the setting is process-wide)."""
-    code = (
-        "import ctypes, sys, numpy as np\n"
-        "from utils.training import keep_freed_memory\n"
-        "class Info(ctypes.Structure):\n"
-        "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd',\n"
-        "               'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
-        "libc = ctypes.CDLL(None)\n"
-        "if not hasattr(libc, 'mallinfo2'):\n"
-        "    print('skip'); sys.exit()\n"
-        "libc.mallinfo2.restype = Info\n"
-        "ok = keep_freed_memory() if sys.argv[1] == 'on' else True\n"
-        "before = libc.mallinfo2().hblkhd\n"
-        "a = np.ones(25_000_000, np.float32)\n"
-        "print('ok' if ok else 'skip', libc.mallinfo2().hblkhd - before)\n")
+KEEP_FREED_MEMORY_PROBE = (
+    "import ctypes, sys, numpy as np\n"
+    "from utils.training.memory import keep_freed_memory\n"
+    "class Info(ctypes.Structure):\n"
+    "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd',\n"
+    "               'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
+    "libc = ctypes.CDLL(None)\n"
+    "ok = keep_freed_memory() if sys.argv[1] == 'on' else True\n"
+    "if not hasattr(libc, 'mallinfo2'):\n"
+    "    print(ok, 'no-mallinfo2'); sys.exit()\n"
+    "libc.mallinfo2.restype = Info\n"
+    "before = libc.mallinfo2().hblkhd\n"
+    "a = np.ones(25_000_000, np.float32)\n"
+    "print(ok, libc.mallinfo2().hblkhd - before)\n")
+
+
+def _probe_keep_freed_memory(mode: str) -> tuple[bool, str]:
+    """Run the probe in a fresh process (the setting is process-wide): (returned ok, mapped bytes)."""
     import subprocess
     import sys
     root = Path(__file__).resolve().parents[1]
-    mapped = {}
-    for mode in ("off", "on"):
-        out = subprocess.run([sys.executable, "-c", code, mode], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.split()
-        if out[0] == "skip":
-            pytest.skip("not glibc (>= 2.33): keep_freed_memory does nothing here")
-        mapped[mode] = int(out[1])
-    assert mapped["off"] >= 100_000_000  # default: the block is its own mmap
-    assert mapped["on"] == 0  # kept on the heap, reused after free
+    out = subprocess.run([sys.executable, "-c", KEEP_FREED_MEMORY_PROBE, mode], cwd=root, capture_output=True,
+                         text=True, check=True).stdout.split()
+    return out[0] == "True", out[1]
+
+
+def test_keep_freed_memory_serves_large_blocks_from_the_heap():
+    """Without the call glibc mmaps a 100 MB block (and unmaps it on free, so every
+    reuse faults its pages in again); after it, the block comes from the heap.
+    On glibc the call must succeed: a False there is a failure, not a skip."""
+    import platform
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc: keep_freed_memory does nothing here by design")
+    ok, mapped_on = _probe_keep_freed_memory("on")
+    assert ok, "keep_freed_memory() returned False on glibc"
+    if mapped_on == "no-mallinfo2":
+        pytest.skip("glibc older than 2.33 has no mallinfo2 to observe the heap with (the call itself succeeded)")
+    _, mapped_off = _probe_keep_freed_memory("off")
+    assert int(mapped_off) >= 100_000_000  # default: the block is its own mmap
+    assert int(mapped_on) == 0  # kept on the heap, reused after free
+
+
+def test_keep_freed_memory_is_not_called_by_device_selection():
+    """Selecting a device leaves the allocator alone: a 100 MB block is still mmapped."""
+    import subprocess
+    import sys
+    code = KEEP_FREED_MEMORY_PROBE.replace("ok = keep_freed_memory() if sys.argv[1] == 'on' else True",
+                                           "from utils.training.runtime import select_device\n"
+                                           "select_device('cpu'); ok = True")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, "on"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout.split()
+    if out[1] == "no-mallinfo2":
+        pytest.skip("no mallinfo2 to observe the heap with")
+    assert int(out[1]) >= 100_000_000
+
+
+# ----------------------------------------------------------------------------- run folders, files
+
+def test_overwrite_removes_the_earlier_run_and_nothing_else(tmp_path):
+    from utils.training.checkpoints import prepare_run_dir
+    run_dir = tmp_path / "EXP" / "fold1"
+    run_dir.mkdir(parents=True)
+    earlier = ["last.pth", "best_epoch003_score0.5000.pth", "best.json", "events.out.tfevents.1.host"]
+    kept = ["notes.txt", "predictions.csv"]
+    for name in earlier + kept:
+        (run_dir / name).write_text(name)
+    (run_dir / "test").mkdir()
+    (run_dir / "test" / "per_image.csv").write_text("x")
+    sibling = tmp_path / "EXP" / "fold2" / "last.pth"
+    sibling.parent.mkdir()
+    sibling.write_text("other fold")
+    with pytest.raises(InputError, match="--resume.*--overwrite"):
+        prepare_run_dir(run_dir, resume=False, overwrite=False)
+    assert all((run_dir / name).exists() for name in earlier)  # refusing deletes nothing
+    prepare_run_dir(run_dir, resume=False, overwrite=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(kept + ["test"])
+    assert (run_dir / "test" / "per_image.csv").read_text() == "x"
+    assert sibling.read_text() == "other fold"
+    assert prepare_run_dir(run_dir, resume=True, overwrite=False) == run_dir  # resume keeps everything
+
+
+def test_atomic_write_json_round_trip_and_failure_keeps_old(tmp_path):
+    from utils.files import atomic_write, atomic_write_json
+    path = tmp_path / "sub" / "a.json"
+    atomic_write_json({"a": [1, 2]}, path, indent=1)
+    assert json.loads(path.read_text()) == {"a": [1, 2]} and path.read_text().endswith("\n")
+
+    def failing(handle):
+        handle.write("{broken")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, failing, "w")
+    assert json.loads(path.read_text()) == {"a": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]

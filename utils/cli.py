@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from utils.errors import InputError
+
 
 def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = None,
                     data_required: bool = True, several_exps: bool = False) -> None:
@@ -13,7 +15,8 @@ def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = N
     parser.add_argument("--data-dir", required=data_required, default=None,
                         help="dataset root holding Image/, Label/ and train_dict{1..5}.json")
     parser.add_argument("--fold", default="1",
-                        help="fold to run: 1..5, or 'all' for the five folds in turn (default: 1)")
+                        help="fold to run: 1..5, a list such as 1,3, or 'all' for the five folds in turn "
+                             "(default: 1)")
     if several_exps:
         parser.add_argument("--exp", required=True, nargs="+",
                             help="experiment name(s) under RUNS; several are scored and shown side by side")
@@ -54,7 +57,6 @@ def add_training_args(parser: argparse.ArgumentParser, epochs: int, iters: int, 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
     """Raise InputError if any named integer/float flag is not > 0."""
-    from utils.errors import InputError
     for name in names:
         value = getattr(args, name)
         if value is None or value <= 0:
@@ -63,7 +65,6 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 def check_training_args(args: argparse.Namespace, *positive: str) -> None:
     """Validate the flags of :func:`add_training_args` (and the extra ``positive`` ones)."""
-    from utils.errors import InputError
     check_positive(args, "epochs", "iters", "lr", "batch_size", "keep_best", *positive)
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from networks.spatial_transformer import warp
+from networks.spatial_transformer import warp, warp_label
 from utils.metrics import evaluate_mask, masks_from_scores, warped_mask_metrics
 
 
@@ -62,7 +62,7 @@ def evaluate_registration(net: Callable[[torch.Tensor, torch.Tensor], torch.Tens
         if net is not None:
             moving = batch["moving_aligned"].to(device)
             flow = net(moving, batch["fixed"].to(device))
-            warped_label = warp(aligned_label, flow, mode="nearest")
+            warped_label = warp_label(aligned_label, flow)
             scores = warped_mask_metrics(warped_label, fixed_label)[0]
             fold_frac, jac_mean = folding_fraction(flow[0])
             row.update(iou=scores["iou"], dice=scores["dice"], recall=scores["recall"],

@@ -37,6 +37,7 @@ from typing import Iterable, Sequence
 
 from dataloaders.dataset import IMAGE_EXTS, NUM_FOLDS, DatasetFolder, Fold, fold_path, load_fold
 from utils.errors import InputError, run_cli
+from utils.files import atomic_write_json
 
 DEFAULT_PATIENT_REGEX = r"^(.+)_[^_]+$"
 DEFAULT_SEED = 3407
@@ -309,10 +310,7 @@ def _write_folds(root: Path, folds: list[dict], overwrite: bool) -> None:
                                  f"replace train_dict1..{NUM_FOLDS}.json (models trained on the old "
                                  f"folds will no longer match them)")
     for k, fold in enumerate(folds, start=1):
-        path = fold_path(root, k)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(fold, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(fold, fold_path(root, k))
 
 
 # ----------------------------------------------------------------------------- checking

@@ -16,7 +16,9 @@ def one_hot(mask: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
         if mask.shape[1] != 1:
             raise ValueError(f"expected a [B, 1, H, W] index mask, got {tuple(mask.shape)}")
         mask = mask[:, 0]
-    out = torch.nn.functional.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).float()
+    # contiguous: a permuted (channels-last) one-hot would make every reduction over it
+    # (soft Dice, CE) sum in another order than for a contiguous label, changing rounding
+    out = torch.nn.functional.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).float().contiguous()
     return out[0] if squeeze else out
 
 
@@ -25,6 +27,6 @@ def class_index(scores: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
     with ``keepdim``); the first maximum wins ties (channel 0 for an all-equal pixel).
 
     ``torch.max(dim=1).indices``, which has the same semantics as ``torch.argmax(dim=1)``
-    but was measured ~18x faster on CPU (1 ms against 18 ms at 2 x 350 x 740).
+    and is much faster on CPU. The project's one argmax over classes.
     """
     return scores.max(dim=1, keepdim=keepdim).indices

@@ -44,20 +44,14 @@ kept for tests and benchmarks only: it needs O(N M) memory.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
+from utils.onehot import class_index
+from utils.precision import no_autocast
+
 MODES = ("reliable", "random", "mean")
 _COS_EPS = 1e-8
-
-
-def _no_autocast(device: torch.device):
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except (RuntimeError, ValueError):
-        return contextlib.nullcontext()
 
 
 def _check_inputs(proj_g1, proj_g2, map_g1, proj_neg, map_neg, temperature, k, mode) -> None:
@@ -96,8 +90,8 @@ def pixel_classes(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Class = argmax over C (first maximum on ties); confidence = max softmax probability.
     """
     prob = torch.softmax(logits.detach().to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
-    conf, cls = prob.max(dim=1, keepdim=True)  # = argmax and its value, first maximum on ties
-    return cls.flatten(), conf.flatten()
+    cls = class_index(prob, keepdim=True)
+    return cls.flatten(), prob.gather(1, cls).flatten()
 
 
 @torch.no_grad()
@@ -145,7 +139,7 @@ def rnsf_loss(proj_g1: torch.Tensor, proj_g2: torch.Tensor, map_g1: torch.Tensor
     """
     _check_inputs(proj_g1, proj_g2, map_g1, proj_neg, map_neg, temperature, k, mode)
     dtype = torch.promote_types(proj_g1.dtype, torch.float32)
-    with _no_autocast(proj_g1.device):
+    with no_autocast(proj_g1.device):
         anchors = _pixels(proj_g1, dtype)
         positives = _pixels(proj_g2, dtype)
         negatives = _pixels(proj_neg, dtype)
@@ -188,7 +182,7 @@ def rnsf_loss_reference(proj_g1: torch.Tensor, proj_g2: torch.Tensor, map_g1: to
     """
     _check_inputs(proj_g1, proj_g2, map_g1, proj_neg, map_neg, temperature, k, mode)
     dtype = torch.promote_types(proj_g1.dtype, torch.float32)
-    with _no_autocast(proj_g1.device):
+    with no_autocast(proj_g1.device):
         norm_input = _pixels(proj_g1, dtype)  # [N, D]
         norm_positive = _pixels(proj_g2, dtype)
         norm_negative = _pixels(proj_neg, dtype)  # [M, D]

@@ -1,0 +1,1 @@
+"""Training stages: each training method plugged into the engine (utils.training.engine)."""

@@ -1,0 +1,165 @@
+"""SS-MGS (METHOD.md sections 3-5): RSGM images and the RNSF loss on top of the shared segmenter.
+
+One iteration: RSGM images ``g1, g2`` and label ``y_g`` from the cached outputs of
+the fold's frozen registration net; one forward pass over ``[x_l, g1, g2, u_neg]``;
+``L_seg + L_rs + rnsf_weight * ramp(epoch) * L_rnsf``. ``--no-rsgm`` / ``--no-rnsf``
+drop a term (the ablations); with both, no registration net is loaded and the
+stage trains the supervised-only baseline on the Atlas images.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from dataloaders.fold_data import FoldData
+from dataloaders.registration_cache import RegistrationOutputCache
+from networks.losses import deep_supervision_loss, dice_ce_loss
+from networks.registration_net import RegistrationNet
+from networks.rnsf import rnsf_loss
+from networks.rsgm import rsgm_generate, sample_coefficients
+from networks.weights import freeze
+from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
+from utils.training.engine import FiniteCheck
+from utils.training.runtime import make_generator
+from utils.training.schedules import ramp_up
+from utils.stages.segmentation import SegmentationStage, panel_tiles, scaled_step, split_outputs, tile_panel
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """SS-MGS's own flags: the registration checkpoint, the loss weights, RNSF and RSGM settings."""
+    parser.add_argument("--reg-exp", default="REG",
+                        help="registration experiment whose best checkpoint of the same fold is loaded "
+                             "from RUNS/REG_EXP/fold<K>/ (default: REG)")
+    parser.add_argument("--reg-checkpoint", default=None,
+                        help="explicit registration checkpoint file (overrides --reg-exp; with --fold all "
+                             "the same file serves every fold)")
+    parser.add_argument("--rs-weight", type=float, default=0.5,
+                        help="L_rs = RS_WEIGHT * (DiceCE(g1) + DiceCE(g2)) (default: 0.5)")
+    parser.add_argument("--rnsf-weight", type=float, default=0.1,
+                        help="weight of L_rnsf, times the ramp-up (default: 0.1)")
+    parser.add_argument("--ramp-length", type=int, default=50,
+                        help="epochs of the exp(-5(1-e/L)^2) ramp-up of the RNSF weight (default: 50)")
+    parser.add_argument("--temperature", type=float, default=0.1, help="RNSF temperature (default: 0.1)")
+    parser.add_argument("--negatives", type=int, default=250, help="RNSF negatives per anchor K (default: 250)")
+    parser.add_argument("--negative-mode", default="reliable", choices=("reliable", "random", "mean"),
+                        help="RNSF negative choice: the K most confident of the other class, K random "
+                             "ones, or their mean (default: reliable)")
+    parser.add_argument("--coefficients", default="uniform", choices=("uniform", "beta"),
+                        help="RSGM alpha, beta ~ Uniform(0,1) or Beta(0.3,0.3) as in BRBS (default: uniform)")
+    parser.add_argument("--no-rsgm", action="store_true",
+                        help="drop the L_rs term (generated images are still made for RNSF when it is on)")
+    parser.add_argument("--no-rnsf", action="store_true", help="drop the L_rnsf term")
+
+
+@dataclass
+class SegmentationConfig:
+    use_rsgm: bool = True
+    use_rnsf: bool = True
+    rs_weight: float = 0.5
+    rnsf_weight: float = 0.1
+    temperature: float = 0.1
+    negatives: int = 250
+    negative_mode: str = "reliable"
+    coefficients: str = "uniform"
+
+    @property
+    def uses_registration(self) -> bool:
+        """Whether the step needs RSGM images (for L_rs, RNSF, or both)."""
+        return self.use_rsgm or self.use_rnsf
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "SegmentationConfig":
+        return cls(use_rsgm=not args.no_rsgm, use_rnsf=not args.no_rnsf, rs_weight=args.rs_weight,
+                   rnsf_weight=args.rnsf_weight, temperature=args.temperature, negatives=args.negatives,
+                   negative_mode=args.negative_mode, coefficients=args.coefficients)
+
+
+def segmentation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      batch: dict, cache, config: SegmentationConfig, ramp: float,
+                      generator: torch.Generator, device: torch.device, amp: bool = False,
+                      check: FiniteCheck = lambda terms: None) -> tuple[dict[str, float], dict]:
+    """One SS-MGS iteration on a :class:`dataloaders.segmentation_data.SegmentationTrainSet` batch.
+
+    ``cache``: anything with ``get(atlas_names, u1_names, u2_names, device) -> (w_u1,
+    phi_u2)`` (:class:`RegistrationOutputCache`; unused when both RSGM and RNSF are off).
+    Returns the loss terms (``seg``, ``rs_g1``, ``rs_g2``, ``rs``, ``rnsf``, ``total``, as
+    applicable) and ``{"images", "outputs"}`` of the step (outputs split per input group).
+    """
+    x_l, y_l = batch["x_l"].to(device), batch["y_l"].to(device)
+    groups = {"x_l": x_l}
+    images = {"x_l": x_l}
+    if config.uses_registration:
+        w_u1, phi_u2 = cache.get(batch["atlas_name"], batch["u1_name"], batch["u2_name"], device)
+        alpha, beta = sample_coefficients(x_l.shape[0], config.coefficients, generator, device)
+        g1, g2, y_g = rsgm_generate(x_l, y_l, w_u1, phi_u2, alpha, beta)
+        groups.update(g1=g1, g2=g2)
+        images.update(g1=g1, g2=g2, y_g=y_g)
+    if config.use_rnsf:
+        groups["u_neg"] = images["u_neg"] = batch["u_neg"].to(device)
+    with torch.autocast(device_type=device.type, enabled=amp):
+        outputs = net(torch.cat(list(groups.values())))
+    out = split_outputs(outputs, groups)
+    terms = {"seg": deep_supervision_loss(out["x_l"], y_l)}
+    total = terms["seg"]
+    if config.use_rsgm:
+        terms["rs_g1"] = dice_ce_loss(out["g1"]["out"], y_g)
+        terms["rs_g2"] = dice_ce_loss(out["g2"]["out"], y_g)
+        terms["rs"] = config.rs_weight * (terms["rs_g1"] + terms["rs_g2"])
+        total = total + terms["rs"]
+    if config.use_rnsf:
+        terms["rnsf"] = rnsf_loss(out["g1"]["project"], out["g2"]["project"], out["g1"]["project_map"],
+                                  out["u_neg"]["project"], out["u_neg"]["project_map"],
+                                  temperature=config.temperature, k=config.negatives,
+                                  mode=config.negative_mode, generator=generator)
+        total = total + config.rnsf_weight * ramp * terms["rnsf"]
+    terms["total"] = total
+    check(terms)
+    scaled_step(total, optimizer, scaler)
+    return {name: value.item() for name, value in terms.items()}, {"images": images, "outputs": out}
+
+
+def load_registration_net(args: argparse.Namespace, k: int, device: torch.device) -> RegistrationNet:
+    """The fold's best registration network (``--reg-checkpoint`` or ``--reg-exp``), frozen."""
+    path = args.reg_checkpoint or find_best_checkpoint(
+        run_dir_for(args.runs_dir, args.reg_exp, k),
+        hint=f"python 5fold_Train_Reg.py --data-dir {args.data_dir} --fold {k} --exp {args.reg_exp}")
+    net, _ = load_network(path, RegistrationNet(), device)
+    print(f"fold {k}: registration network from {path}")
+    return freeze(net)
+
+
+class SSMGSStage(SegmentationStage):
+    """SS-MGS: the shared segmenter trained with RSGM (``L_rs``) and RNSF (``L_rnsf``)."""
+
+    def __init__(self, args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> None:
+        self.config = SegmentationConfig.from_args(args)
+        self.cache = None
+        super().__init__(args, k, data, device)
+        self.rnsf_weight, self.ramp_length, self.ramp = args.rnsf_weight, args.ramp_length, 0.0
+        self.coefficient_rng = make_generator(args.seed + k)
+
+    def build_before_network(self, args: argparse.Namespace, k: int, data: FoldData) -> None:
+        """The registration outputs of every training pair, from the fold's frozen registration net."""
+        if self.config.uses_registration:
+            reg_net = load_registration_net(args, k, self.device)
+            self.cache = RegistrationOutputCache(reg_net, data.folder, data.fold.train, data.prealign, self.device,
+                                                 progress=self.progress)
+
+    def state(self) -> dict:
+        return {**super().state(), "coefficient_rng": self.coefficient_rng}
+
+    def start_epoch(self, epoch: int) -> None:
+        self.ramp = ramp_up(epoch, self.ramp_length)
+
+    def train_step(self, batch: dict, check: FiniteCheck) -> tuple[dict[str, float], dict]:
+        return segmentation_step(self.net, self.optimizer, self.scaler, batch, self.cache, self.config, self.ramp,
+                                 self.coefficient_rng, self.device, self.amp, check)
+
+    def epoch_scalars(self, epoch: int) -> dict[str, float]:
+        return {"rnsf_ramp_weight": self.rnsf_weight * self.ramp}
+
+    def panel(self, last: dict) -> tuple[str, torch.Tensor]:
+        """x_l, g1, g2, y_g, u_neg of the last training batch and their predictions."""
+        return tile_panel("train/panel", panel_tiles(last["images"], last["outputs"]))

@@ -1,0 +1,1 @@
+"""The training engine and its pieces: the fit loop, checkpoints, run set-up."""
