@@ -5,7 +5,9 @@
     python 5fold_Test_Reg_or_Seg.py --mode predict --exp SEG --fold all --input IMG_DIR --output OUT_DIR
 
 seg/reg write RUNS/EXP/test/per_image.csv (per_pair.csv) and summary.csv and
-print a table; predict writes OUT_DIR/masks/, OUT_DIR/overlays/ and
+print a table; with several --exp in seg mode, every experiment is compared with
+the first (paired differences, bootstrap interval, Wilcoxon p-value) in
+RUNS/<first>/test/comparison.csv; predict writes OUT_DIR/masks/, OUT_DIR/overlays/ and
 OUT_DIR/gland_area.csv. Each fold's model is its best checkpoint on val
 (best.json), never one chosen on test.
 """
@@ -28,6 +30,8 @@ from dataloaders.segmentation_data import SegmentationEvalSet
 from networks.registration_net import RegistrationNet
 from networks.segmentation_net import SegmentationNet
 from utils.cli import add_common_args
+from utils.comparison import COLUMNS as COMPARISON_COLUMNS
+from utils.comparison import compare, format_comparison
 from utils.errors import InputError, run_cli
 from utils.evaluation import evaluate_registration, evaluate_segmentation
 from utils.metrics import HD95_EMPTY_POLICY, masks_from_scores, summarise
@@ -118,11 +122,12 @@ def print_table(title: str, table: list[tuple[str, dict]], metrics: list[str]) -
 
 
 def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, csv_name: str,
-                      columns: list[str], metrics: list[str], title: str) -> None:
+                      columns: list[str], metrics: list[str], title: str) -> dict[str, list[dict]]:
     """For each ``--exp``: rows of every fold (``score_fold(exp, k, folder, out_dir)``), the
-    per-item CSV, summary.csv, and one line of the printed side-by-side table."""
+    per-item CSV, summary.csv, and one line of the printed side-by-side table. Returns
+    the rows by experiment."""
     folder = DatasetFolder(args.data_dir, resize=args.resize)
-    table = []
+    table, scored = [], {}
     for exp in args.exp:
         out_dir = Path(args.runs_dir) / exp / "test"
         rows = [row for k in folds for row in score_fold(exp, k, folder, out_dir)]
@@ -133,7 +138,24 @@ def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, cs
         print(f"{exp}: {len(rows)} rows -> {out_dir / csv_name}, {out_dir / 'summary.csv'}"
               + (f"; {empties} image(s) with an empty mask ({HD95_EMPTY_POLICY})" if empties else ""))
         table.append((exp, summary[-1]))
+        scored[exp] = rows
     print_table(f"{title}, folds {','.join(map(str, folds))}", table, metrics)
+    return scored
+
+
+def print_comparison(args: argparse.Namespace, scored: dict[str, list[dict]], metrics: list[str]) -> None:
+    """Every experiment against the first one named: paired differences with a bootstrap
+    interval and the Wilcoxon p-value, printed and written to RUNS/<first>/test/comparison.csv."""
+    reference, *others = args.exp
+    if not others:
+        return
+    rows = [row for exp in others
+            for row in compare(scored[reference], scored[exp], metrics, reference, exp, seed=args.seed)]
+    path = Path(args.runs_dir) / reference / "test" / "comparison.csv"
+    write_csv(path, rows, COMPARISON_COLUMNS)
+    print(f"\nPaired differences against {reference} (experiment - {reference}; mean over the same test images, "
+          f"95 % bootstrap interval, two-sided Wilcoxon signed-rank p; HD95: lower is better) -> {path}")
+    print("\n".join(format_comparison(rows)))
 
 
 def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
@@ -147,8 +169,9 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
                                      pixel_size=args.pixel_size, progress=not args.no_progress, keep_outputs=save)
 
     unit = "pixels" if args.pixel_size == 1 else "units of --pixel-size"
-    score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS,
-                      f"Segmentation of test images (mean +- std over images; HD95 in {unit})")
+    scored = score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS,
+                               f"Segmentation of test images (mean +- std over images; HD95 in {unit})")
+    print_comparison(args, scored, SEG_METRICS)
 
 
 def _overlay_saver(folder: Path):

@@ -2,10 +2,11 @@
 
     python 5fold_Train_SS_MGS.py --data-dir Datasets/Demo --fold 1 --exp SEG --reg-exp REG
 
-`--no-rsgm --no-rnsf` trains the supervised-only baseline on the Atlas images
-with the same network and schedule. Outputs in RUNS/EXP/fold<K>/ as for the
-registration trainer (best_*.pth by val IoU, best.json, last.pth, events).
-The methods are utils/stages/; the loop utils/training/engine.py.
+`--method supervised|mean-teacher|ua-mt|cps|bcp|unimatch` trains a baseline with
+the same network, labels, schedule and selection instead (`supervised` is the same
+as `--no-rsgm --no-rnsf`). Outputs in RUNS/EXP/fold<K>/ as for the registration
+trainer (best_*.pth by val IoU, best.json, last.pth, events). The methods are
+utils/stages/; the loop utils/training/engine.py.
 """
 from __future__ import annotations
 

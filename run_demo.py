@@ -5,9 +5,11 @@
 Steps (each is the command a user would type; they are printed as they run):
 synthetic data -> folds -> affine pre-alignment -> registration training ->
 SS-MGS training (RSGM + RNSF) -> supervised-only baseline -> registration test
--> segmentation test, the two segmenters side by side. The schedule is short
-so that it finishes in minutes on a laptop CPU; the paper's schedule is the
-scripts' default (see README.md).
+-> segmentation test, the two segmenters side by side and SS-MGS compared with
+the supervised baseline. ``--methods all`` (or a list) trains those methods
+instead, with the same schedule, and compares each with the first named. The
+schedule is short so that it finishes in minutes on a laptop CPU; the paper's
+schedule is the scripts' default (see README.md).
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ from pathlib import Path
 from typing import Sequence
 
 from utils.errors import InputError, run_cli
+from utils.stages.segmentation_methods import METHODS
+
+DEFAULT_METHODS = ["supervised", "ss-mgs"]
+ALL_METHODS = ["supervised", "ss-mgs", "mean-teacher", "ua-mt", "cps", "bcp", "unimatch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="compute device (default: auto)")
     parser.add_argument("--workers", type=int, default=1, help="data-loader workers (default: 1)")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                        help=f"segmentation methods to train and compare with the first one named: 'all' "
+                             f"({' '.join(ALL_METHODS)}) or a list of {', '.join(METHODS)} (default: "
+                             f"{' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
+
+
+def chosen_methods(names: list[str] | None) -> list[str]:
+    """``--methods`` -> method names in order, without repeats."""
+    if not names:
+        return list(DEFAULT_METHODS)
+    if names == ["all"]:
+        return list(ALL_METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def experiment(method: str) -> str:
+    """The demo's experiment name of a method (the default two keep their historical names)."""
+    return {"ss-mgs": "demo_SS-MGS", "supervised": "demo_supervised"}.get(method, f"demo_{method}")
 
 
 def run(command: list[str]) -> None:
@@ -51,6 +78,7 @@ def run(command: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    methods = chosen_methods(args.methods)
     started = time.time()
     data = args.data_dir
     common = ["--data-dir", data, "--fold", args.fold, "--runs-dir", args.runs_dir, "--device", args.device]
@@ -63,15 +91,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"using the existing dataset in {data}")
     run(["python", "-m", "utils.make_folds", data])
     run(["python", "-m", "utils.prealign", data])
-    run(["python", "5fold_Train_Reg.py", *common, "--exp", "demo_REG", "--epochs", str(args.reg_epochs),
-         "--iters", str(args.reg_iters), *train])
-    run(["python", "5fold_Train_SS_MGS.py", *common, "--exp", "demo_SS-MGS", "--reg-exp", "demo_REG",
-         "--epochs", str(args.seg_epochs), "--iters", str(args.seg_iters), *train])
-    run(["python", "5fold_Train_SS_MGS.py", *common, "--exp", "demo_supervised", "--no-rsgm", "--no-rnsf",
-         "--epochs", str(args.seg_epochs), "--iters", str(args.seg_iters), *train])
-    run(["python", "5fold_Test_Reg_or_Seg.py", "--mode", "reg", *common, "--exp", "demo_REG", *quiet])
-    run(["python", "5fold_Test_Reg_or_Seg.py", "--mode", "seg", *common, "--exp", "demo_SS-MGS",
-         "demo_supervised", *quiet])
+    registration = "ss-mgs" in methods
+    if registration:
+        run(["python", "5fold_Train_Reg.py", *common, "--exp", "demo_REG", "--epochs", str(args.reg_epochs),
+             "--iters", str(args.reg_iters), *train])
+    for method in methods:
+        run(["python", "5fold_Train_SS_MGS.py", *common, "--exp", experiment(method), "--method", method,
+             *(["--reg-exp", "demo_REG"] if method == "ss-mgs" else []),
+             "--epochs", str(args.seg_epochs), "--iters", str(args.seg_iters), *train])
+    if registration:
+        run(["python", "5fold_Test_Reg_or_Seg.py", "--mode", "reg", *common, "--exp", "demo_REG", *quiet])
+    run(["python", "5fold_Test_Reg_or_Seg.py", "--mode", "seg", *common, "--exp",
+         *(experiment(m) for m in methods), *quiet])
     print(f"\ndemo finished in {(time.time() - started) / 60:.1f} min; TensorBoard: "
           f"tensorboard --logdir {args.runs_dir}")
 

@@ -5,7 +5,7 @@ K = 250. Each variant runs in a fresh subprocess so that its peak resident memor
 (``benchmarks.measure.peak_rss_mib``; on CUDA ``torch.cuda.max_memory_allocated``) is its own; a "baseline"
 subprocess that only builds the inputs gives the memory to subtract.
 
-    python benchmarks/bench_rnsf.py                # paper size (reference: ~9.5 GB RAM, ~1 min on 1 thread)
+    python benchmarks/bench_rnsf.py                # paper size (the literal reference needs several GB)
     python benchmarks/bench_rnsf.py --size 0.5     # h, w scaled by 0.5 (N / 4)
 """
 from __future__ import annotations

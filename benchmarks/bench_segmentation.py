@@ -20,8 +20,8 @@ seconds per iteration after a warm-up, the ratio to that floor (median over the 
 iterations, each at the rate sampled just before and after it), peak resident memory
 of each subprocess and of a baseline one that only builds the nets and the batch.
 Children call ``utils.training.memory.keep_freed_memory()``
-(glibc keeps freed blocks instead of unmapping them: ~1.5x faster, ~0.8 GB more peak
-here) unless ``--default-malloc``.
+(glibc keeps freed blocks instead of unmapping them: faster, with a higher peak; the
+README's speed table has the figures) unless ``--default-malloc``.
 
 On ``--device cuda`` the iteration runs in mixed precision, as the trainer's ``--amp auto``
 does there; times wait for the GPU, and the GPU's peak allocated memory is printed too.

@@ -30,6 +30,14 @@ class SegmentationTrainSet(IterationDataset):
     ``"x_l"``, ``"u1"``, ``"u2"``, ``"u_neg"`` ``[1, H, W]``; ``"y_l"`` ``[2, H, W]``;
     ``"atlas_name"``, ``"u1_name"``, ``"u2_name"``, ``"neg_name"``, ``"patient"``.
 
+    With ``pool_views=True`` (the semi-supervised baselines) also, drawn after the
+    above so that those stay the same: ``"u_a"``, ``"u_b"`` ``[1, H, W]``, two images of
+    the unlabelled pool (every non-Atlas training image, fully unlabelled patients
+    included; uniform, independent), and ``"x_l2"`` ``[1, H, W]`` with ``"y_l2"``
+    ``[2, H, W]``, an Atlas image of a different patient than ``x_l`` (uniform
+    patient, then image; ``x_l`` again when only one patient has Atlas images), with
+    their names ``"u_a_name"``, ``"u_b_name"``, ``"atlas2_name"``.
+
     With ``registration_inputs=True`` also the inputs of
     :func:`networks.rsgm.registration_outputs` (running the registration net per
     batch, as the published code did): ``"u1_on_l" = warp(u1, field(u1, x_l))``,
@@ -39,9 +47,9 @@ class SegmentationTrainSet(IterationDataset):
     """
 
     def __init__(self, folder: DatasetFolder, subjects: Sequence[Subject], prealign,
-                 iterations: int, seed: int, registration_inputs: bool = False):
+                 iterations: int, seed: int, registration_inputs: bool = False, pool_views: bool = False):
         super().__init__(iterations, seed)
-        self.registration_inputs = registration_inputs
+        self.registration_inputs, self.pool_views = registration_inputs, pool_views
         self.folder, self.prealign = folder, prealign
         self.all_subjects = list(subjects)
         self.subjects = [s for s in self.all_subjects if s.atlas and len(s.images) >= 2]
@@ -52,6 +60,11 @@ class SegmentationTrainSet(IterationDataset):
         if len(self.all_subjects) < 2:
             raise InputError("the negative image must come from a different patient, but the train set "
                              "has only one patient; use a dataset with more patients")
+        self.pool = [n for s in self.all_subjects for n in s.others]
+        if pool_views and not self.pool:
+            raise InputError("the semi-supervised methods need unlabelled training images, but every training "
+                             "image is an Atlas image; rerun python -m utils.make_folds with fewer "
+                             "--labelled-per-patient")
         check_size(folder, prealign)
         pairs = chain.from_iterable(((u, x), (x, u)) for s in self.subjects for x in s.atlas
                                     for u in s.images if u != x)
@@ -73,8 +86,13 @@ class SegmentationTrainSet(IterationDataset):
         atlas = pick(rng, subject.atlas)
         u1, u2 = pick_two(rng, [n for n in subject.images if n != atlas])
         negative = pick(rng, [s for s in self.all_subjects if s.patient != subject.patient])
-        return {"patient": subject.patient, "atlas_name": atlas, "u1_name": u1, "u2_name": u2,
-                "neg_name": pick(rng, negative.images)}
+        names = {"patient": subject.patient, "atlas_name": atlas, "u1_name": u1, "u2_name": u2,
+                 "neg_name": pick(rng, negative.images)}
+        if self.pool_views:
+            others = [s for s in self.subjects if s.patient != subject.patient] or [subject]
+            names.update(u_a_name=pick(rng, self.pool), u_b_name=pick(rng, self.pool),
+                         atlas2_name=pick(rng, pick(rng, others).atlas))
+        return names
 
     def __getitem__(self, index: int) -> dict:
         names = self.draw(index)
@@ -88,6 +106,9 @@ class SegmentationTrainSet(IterationDataset):
             "u_neg": self.cache.tensor(names["neg_name"]),
             **names,
         }
+        if self.pool_views:
+            item.update(u_a=self.cache.tensor(names["u_a_name"]), u_b=self.cache.tensor(names["u_b_name"]),
+                        x_l2=self.cache.tensor(names["atlas2_name"]), y_l2=self.cache.label(names["atlas2_name"]))
         if self.registration_inputs:
             field_l_u2 = self.prealign.field(atlas, u2_name)
             item.update(u1_on_l=warp_image(u1, self.prealign.field(u1_name, atlas)),

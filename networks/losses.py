@@ -161,17 +161,23 @@ def smoothness_loss(flow: torch.Tensor) -> torch.Tensor:
     return ((dx * dx).mean() + (dy * dy).mean()) / 2.0
 
 
-def soft_dice(probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """V-Net soft Dice ``[B, C]``: ``(2 sum(y p) + 1) / (sum(y^2) + sum(p^2) + 1)``.
 
     ``probs`` and ``onehot`` are ``[B, C, H, W]``; sums run over the spatial dims, one
-    value per batch item and channel. The project's one soft Dice.
+    value per batch item and channel. ``mask`` (``[B, 1, H, W]`` weights, e.g. 0/1 for a
+    region) restricts every sum to the weighted pixels. The project's one soft Dice.
     """
     if probs.shape != onehot.shape or probs.dim() < 3:
         raise ValueError(f"soft_dice: expected two [B, C, H, W] tensors of the same shape, "
                          f"got {tuple(probs.shape)} and {tuple(onehot.shape)}")
     onehot = onehot.to(probs.dtype)
     dims = tuple(range(2, probs.dim()))
+    if mask is not None:
+        mask = mask.to(probs.dtype)
+        inter = (mask * onehot * probs).sum(dims)
+        denom = (mask * onehot * onehot).sum(dims) + (mask * probs * probs).sum(dims)
+        return (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)
     inter = (onehot * probs).sum(dims)
     denom = (onehot * onehot).sum(dims) + (probs * probs).sum(dims)
     return (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)
@@ -201,3 +207,24 @@ def deep_supervision_loss(outputs: dict[str, torch.Tensor], onehot: torch.Tensor
     ``SegmentationNet`` outputs of labelled images and their one-hot labels ``[B, 2, H, W]``.
     The one supervised loss of every segmentation method."""
     return dice_ce_loss(outputs["out"], onehot) + dice_ce_loss(outputs["level2"], onehot)
+
+
+def region_dice_loss(logits: torch.Tensor, onehot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - mean_{b,c} soft_dice(softmax(logits), onehot, mask)``: Dice loss on the pixels of
+    ``mask [B, 1, H, W]`` only (e.g. confident pseudo-labels, or one region of a mixed
+    image). ``logits``, ``onehot`` ``[B, C, H, W]``; float32, autocast off."""
+    dtype = _compute_dtype(logits)
+    with no_autocast(logits.device):
+        logits = logits.to(dtype)
+        return 1.0 - soft_dice(torch.softmax(logits, dim=1), onehot.to(dtype), mask).mean()
+
+
+def region_cross_entropy(logits: torch.Tensor, onehot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the pixels of ``mask [B, 1, H, W]``:
+    ``sum(mask CE) / (sum(mask) + 1e-16)`` (0 for an empty mask). Shapes as
+    :func:`region_dice_loss`."""
+    dtype = _compute_dtype(logits)
+    with no_autocast(logits.device):
+        ce = F.cross_entropy(logits.to(dtype), class_index(onehot), reduction="none")  # [B, H, W]
+        weights = mask.to(dtype)[:, 0]
+        return (ce * weights).sum() / (weights.sum() + 1e-16)

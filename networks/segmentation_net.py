@@ -70,11 +70,19 @@ class SegmentationNet(UNetEncoder):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x [B, in_channels, H, W]`` -> dict (see the module docstring)."""
+        return self.decode(self.encode_image(x), tuple(x.shape[-2:]))
+
+    def encode_image(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder's five feature maps of ``x [B, in_channels, H, W]`` (resized to the
+        network size first); :meth:`decode` turns them (perturbed or not) into the outputs."""
         if x.dim() != 4:
             raise ValueError(f"input must be [B, C, H, W], got {tuple(x.shape)}")
-        size = tuple(x.shape[-2:])
+        return self.encode(_resize(x, padded_size(*x.shape[-2:])))
+
+    def decode(self, features: tuple[torch.Tensor, ...], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Decoder and heads on :meth:`encode_image`'s features, outputs at ``size = (H, W)``."""
         quarter = quarter_size(*size)
-        x1, x2, x3, x4, x5 = self.encode(_resize(x, padded_size(*size)))
+        x1, x2, x3, x4, x5 = features
         d1 = self.up1(x5, x4)
         d2 = self.up2(d1, x3)
         d3 = self.up3(d2, x2)

@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
      ["floor = FLOPs / rate", "seconds / iteration", "[live]", "[supervised]"]),
     ("bench_rnsf.py", ["--size", "0.1", "--k", "20", "--repeats", "1", "--ref-repeats", "1", "--threads", "1"],
      ["reference"]),
+    ("bench_methods.py", ["--height", "32", "--width", "64", "--iters", "1", "--threads", "1",
+                          "--methods", "supervised", "unimatch"],
+     ["s/iter", "supervised", "unimatch", "target on CPU"]),
     ("bench_prealign.py", ["--patients", "2", "--images", "2", "--size", "96", "48", "--workers", "1"],
      ["pairs"]),
 ])

@@ -392,6 +392,25 @@ def test_segmentation_train_draw_structure(folder, fold):
     assert [again.draw(i) for i in range(len(again))] != draws
 
 
+def test_segmentation_train_pool_views(folder, fold):
+    """The baselines' extra views: two unlabelled-pool images and an Atlas image of another patient,
+    drawn after the SS-MGS fields, which stay what they are without them."""
+    plain = SegmentationTrainSet(folder, fold.train, ShiftPrealign(), iterations=200, seed=5)
+    pooled = SegmentationTrainSet(folder, fold.train, ShiftPrealign(), iterations=200, seed=5, pool_views=True)
+    atlas = {n for s in fold.train for n in s.atlas}
+    pool = {n for s in fold.train for n in s.others}
+    draws = [pooled.draw(i) for i in range(len(pooled))]
+    for i, d in enumerate(draws):
+        assert {k: d[k] for k in plain.draw(i)} == plain.draw(i)
+        assert d["u_a_name"] in pool and d["u_b_name"] in pool
+        assert d["atlas2_name"] in atlas and patient_of(d["atlas2_name"]) != d["patient"]
+    assert {d["u_a_name"] for d in draws} == pool  # every unlabelled image, unlabelled patients included
+    item = pooled[0]
+    assert item["u_a"].shape == item["x_l2"].shape == (1, H, W) and item["y_l2"].shape == (2, H, W)
+    assert torch.equal(item["y_l2"][1], torch.from_numpy(folder.load_label(item["atlas2_name"])).float())
+    assert "u_a" not in plain[0]
+
+
 def test_segmentation_train_errors(folder, fold):
     no_atlas = [s for s in fold.train if not s.atlas]
     with pytest.raises(InputError, match="Atlas"):

@@ -42,9 +42,11 @@ def pipeline(tmp_path_factory):
     seg_resumed = run(*seg_args, "--epochs", "2", "--resume")
     run("5fold_Train_SS_MGS.py", *common, "--exp", "SUP", "--no-rsgm", "--no-rnsf", "--epochs", "2",
         "--iters", "2")
+    run("5fold_Train_SS_MGS.py", *common, "--exp", "CPS", "--method", "cps", "--epochs", "1", "--iters", "2")
     test_common = ["--data-dir", str(data), "--fold", "1", "--runs-dir", str(runs), "--device", "cpu",
                    "--no-progress"]
-    seg = run("5fold_Test_Reg_or_Seg.py", "--mode", "seg", *test_common, "--exp", "SEG", "SUP", "--save-images")
+    seg = run("5fold_Test_Reg_or_Seg.py", "--mode", "seg", *test_common, "--exp", "SUP", "SEG", "CPS",
+              "--save-images")
     reg = run("5fold_Test_Reg_or_Seg.py", "--mode", "reg", *test_common, "--exp", "REG", "--save-images")
     predicted = base / "pred"
     run("5fold_Test_Reg_or_Seg.py", "--mode", "predict", "--exp", "SEG", "--fold", "1", "--runs-dir", str(runs),
@@ -82,6 +84,9 @@ def test_seg_csvs_and_summary(pipeline):
             assert all(0 <= v <= 1 for v in values) or metric == "hd95"
         assert len(list((out / "images").glob("*.png"))) == len(rows)
     assert "SEG" in pipeline["seg_out"] and "SUP" in pipeline["seg_out"]
+    comparison = read_csv(pipeline["runs"] / "SUP" / "test" / "comparison.csv")
+    assert {(r["experiment"], r["reference"]) for r in comparison} == {("SEG", "SUP"), ("CPS", "SUP")}
+    assert "Paired differences against SUP" in pipeline["seg_out"]
 
 
 def test_reg_csvs(pipeline):

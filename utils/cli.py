@@ -19,7 +19,8 @@ def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = N
                              "(default: 1)")
     if several_exps:
         parser.add_argument("--exp", required=True, nargs="+",
-                            help="experiment name(s) under RUNS; several are scored and shown side by side")
+                            help="experiment name(s) under RUNS; several are scored and shown side by side, "
+                                 "and (seg mode) each is compared with the first one named")
     else:
         parser.add_argument("--exp", default=exp_default,
                             help=f"experiment name; outputs go to RUNS/NAME/fold<K>/ (default: {exp_default})")

@@ -83,12 +83,14 @@ class SegmentationStage(Stage):
     kind = "segmentation"
     best_scalar = "val/best_iou"
     score_label = "IoU"
+    pool_views = False  # whether training items carry the unlabelled-pool images (baselines)
 
     def __init__(self, args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> None:
         self.device, self.fold, self.progress = device, k, not args.no_progress
         self.amp = use_amp(args.amp, device)
         self.train_set = SegmentationTrainSet(data.folder, data.fold.train, data.prealign,
-                                              args.iters * args.batch_size, args.seed + k).preload()
+                                              args.iters * args.batch_size, args.seed + k,
+                                              pool_views=self.pool_views).preload()
         self.val_set = SegmentationEvalSet(data.folder, data.fold.val).preload()
         self.build_before_network(args, k, data)
         self.net = SegmentationNet().to(device)

@@ -1,35 +1,90 @@
-"""The segmentation methods that ``5fold_Train_SS_MGS.py`` trains, and its flags."""
+"""The segmentation methods that ``5fold_Train_SS_MGS.py`` trains (``--method``), and its flags.
+
+Every method trains the same ``SegmentationNet`` on the fold's Atlas images (the only
+labels), with the same epochs x iterations, AdamW, cosine schedule, validation and
+selection on val; only what the method does with the unlabelled images differs.
+"""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from dataloaders.fold_data import FoldData
 from utils.cli import add_common_args, add_training_args, check_training_args
-from utils.stages import segmentation, ss_mgs
+from utils.errors import InputError
+from utils.stages import bcp, cps, mean_teacher, segmentation, ss_mgs, unimatch
 from utils.stages.segmentation import SegmentationStage
+
+
+@dataclass(frozen=True)
+class Method:
+    summary: str
+    build: Callable[[argparse.Namespace, int, FoldData, torch.device], SegmentationStage]
+    uses_registration: bool = False
+
+
+def _supervised(args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> SegmentationStage:
+    """SS-MGS without its two modules: L_seg on the Atlas images only."""
+    args = argparse.Namespace(**{**vars(args), "no_rsgm": True, "no_rnsf": True})
+    return ss_mgs.SSMGSStage(args, k, data, device)
+
+
+METHODS: dict[str, Method] = {
+    "ss-mgs": Method("the paper: RSGM images + RNSF contrastive loss (needs --reg-exp)", ss_mgs.SSMGSStage, True),
+    "supervised": Method("the Atlas images alone (the same as ss-mgs with --no-rsgm --no-rnsf)", _supervised),
+    "mean-teacher": Method("EMA teacher on the noisy unlabelled image, softmax MSE consistency (SSL4MIS)",
+                           mean_teacher.MeanTeacherStage),
+    "ua-mt": Method("Mean Teacher with the consistency masked where 8 noisy teacher passes are uncertain "
+                    "(SSL4MIS)", mean_teacher.UAMTStage),
+    "cps": Method("two networks, each trained on the other's argmax of the unlabelled image (SSL4MIS)",
+                  cps.CPSStage),
+    "bcp": Method("bidirectional copy-paste of labelled and teacher-labelled unlabelled images, after a "
+                  "labelled copy-paste pre-training (BCP)", bcp.BCPStage),
+    "unimatch": Method("weak-to-strong consistency with two strong CutMix views and a feature "
+                       "perturbation (UniMatch)", unimatch.UniMatchStage),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of ``5fold_Train_SS_MGS.py``."""
+    methods = "; ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
     parser = argparse.ArgumentParser(
         description="Train the UNet segmenter with registration sampling generation (RSGM) and "
-                    "reliable-negative contrastive feature supervision (RNSF), for one fold or all "
-                    "five. Needs the fold's registration checkpoint (5fold_Train_Reg.py). Defaults "
-                    "reproduce the paper.")
+                    "reliable-negative contrastive feature supervision (RNSF), or one of the "
+                    "baselines it is compared with, for one fold or all five. SS-MGS needs the fold's "
+                    "registration checkpoint (5fold_Train_Reg.py). Defaults reproduce the paper "
+                    "(and, for the baselines, their public code; see README).")
     add_common_args(parser, exp_default="SEG")
     add_training_args(parser, epochs=50, iters=200, lr=1e-3)
+    parser.add_argument("--method", default="ss-mgs", choices=list(METHODS), metavar="METHOD",
+                        help=f"training method (default: ss-mgs). {methods}")
     segmentation.add_arguments(parser)
-    ss_mgs.add_arguments(parser)
+    group = parser.add_argument_group("ss-mgs (and its ablations)")
+    ss_mgs.add_arguments(group)
+    mean_teacher.add_arguments(parser)
+    cps.add_arguments(parser)
+    bcp.add_arguments(parser)
+    unimatch.add_arguments(parser)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
     """One-line InputError for unusable values."""
-    check_training_args(args, "temperature", "negatives", "t_max")
+    check_training_args(args, "temperature", "negatives", "t_max", "uncertainty_passes")
+    for name in ("ema_decay", "bcp_box", "unimatch_threshold", "bcp_pretrain", "consistency_start"):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if not 0.0 <= args.unimatch_dropout < 1.0:
+        raise InputError(f"--unimatch-dropout must be in [0, 1), got {args.unimatch_dropout}")
+    if args.method != "ss-mgs" and (args.no_rsgm or args.no_rnsf):
+        raise InputError("--no-rsgm / --no-rnsf are ablations of --method ss-mgs; drop them or use "
+                         "--method supervised")
 
 
 def build_stage(args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> SegmentationStage:
-    """The stage that trains fold ``k`` with the chosen method."""
-    return ss_mgs.SSMGSStage(args, k, data, device)
+    """The stage that trains fold ``k`` with ``--method``."""
+    return METHODS[args.method].build(args, k, data, device)

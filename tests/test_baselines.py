@@ -1,0 +1,225 @@
+"""The baselines' mechanics on small tensors, against independently written expectations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from networks.losses import soft_dice
+from networks.segmentation_net import SegmentationNet
+from networks.weights import ema_decay, ema_update
+from utils.onehot import one_hot
+from utils.stages import augmentations as aug
+from utils.stages.bcp import mix, mixed_loss
+from utils.stages.cps import cross_pseudo_losses, xavier_initialised
+from utils.stages.mean_teacher import masked_consistency, uncertainty, uncertainty_threshold
+from utils.stages.unimatch import confidence_and_label, cutmix_targets, unimatch_total
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+def test_ema_decay_warm_up_and_cap():
+    assert ema_decay(0, 0.99) == 0.0  # the first update copies the student
+    assert ema_decay(1, 0.99) == pytest.approx(0.5)
+    assert ema_decay(9, 0.99) == pytest.approx(0.9)
+    assert ema_decay(99, 0.99) == pytest.approx(0.99)
+    assert ema_decay(10_000, 0.99) == 0.99
+
+
+def test_ema_update_is_the_weighted_average():
+    torch.manual_seed(0)
+    teacher, student = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in teacher.parameters()]
+    ema_update(teacher, student, 0.9)
+    for t, b, s in zip(teacher.parameters(), before, student.parameters()):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
+    ema_update(teacher, student, ema_decay(0, 0.99))
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        torch.testing.assert_close(t, s)
+
+
+# ----------------------------------------------------------------------------- Mean Teacher, UA-MT
+
+def test_consistency_is_zero_for_equal_networks_without_noise():
+    torch.manual_seed(1)
+    student = SegmentationNet()
+    teacher = SegmentationNet()
+    teacher.load_state_dict(student.state_dict())
+    u = torch.rand(1, 1, 32, 48)
+    probs_s = torch.softmax(student(u)["out"], 1)
+    probs_t = torch.softmax(teacher(u + aug.clamped_noise(u, gen(), std=0.0, clip=0.0))["out"], 1)
+    assert float(torch.mean((probs_s - probs_t) ** 2).detach()) == 0.0
+
+
+def test_teacher_noise_is_clamped_gaussian():
+    x = torch.zeros(1, 1, 200, 200)
+    noise = aug.clamped_noise(x, gen(3), std=0.1, clip=0.2)
+    assert float(noise.abs().max()) == pytest.approx(0.2)  # clipped at 2 std (float32 0.2)
+    assert float((noise.abs() >= noise.abs().max()).float().mean()) > 0.01  # the clip is hit
+    assert float(noise.std()) == pytest.approx(0.1, rel=0.05)
+    torch.testing.assert_close(noise, aug.clamped_noise(x, gen(3), std=0.1, clip=0.2))
+
+
+def test_uncertainty_is_the_entropy_of_the_mean_softmax():
+    p = torch.stack([torch.tensor([0.5, 0.9, 1.0]), torch.tensor([0.5, 0.1, 0.0])]).view(1, 2, 3, 1)
+    expected = [-(0.5 * math.log(0.5 + 1e-6)) * 2,
+                -(0.9 * math.log(0.9 + 1e-6) + 0.1 * math.log(0.1 + 1e-6)),
+                -(1.0 * math.log(1.0 + 1e-6))]
+    assert uncertainty(p).flatten().tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert float(uncertainty(p)[0, 0, 0, 0]) == pytest.approx(math.log(2), abs=1e-5)  # the maximum for 2 classes
+
+
+def test_uncertainty_threshold_schedule():
+    assert uncertainty_threshold(0.0) == pytest.approx(0.75 * math.log(2))
+    assert uncertainty_threshold(1.0) == pytest.approx(math.log(2))
+    assert uncertainty_threshold(0.5) == pytest.approx(0.875 * math.log(2))
+
+
+def test_masked_consistency_normalisation():
+    s = torch.zeros(1, 2, 2, 2)
+    t = torch.zeros(1, 2, 2, 2)
+    t[0, :, 0, 0] = torch.tensor([1.0, -1.0])  # squared difference 1 + 1 at pixel (0, 0)
+    t[0, :, 1, 1] = torch.tensor([2.0, 0.0])   # squared difference 4 at pixel (1, 1)
+    mask = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])  # (1, 1) is uncertain: not counted
+    assert float(masked_consistency(s, t, mask)) == pytest.approx(2.0 / (2 * 2 + 1e-16))
+    assert float(masked_consistency(s, t, torch.zeros_like(mask))) == 0.0
+
+
+# ----------------------------------------------------------------------------- CPS
+
+def test_cps_targets_are_the_other_networks_argmax_and_carry_no_gradient():
+    l1 = torch.randn(2, 2, 5, 6, generator=gen(4), requires_grad=True)
+    l2 = torch.randn(2, 2, 5, 6, generator=gen(5), requires_grad=True)
+    cps1, cps2 = cross_pseudo_losses(l1, l2)
+    assert float(cps1) == pytest.approx(float(F.cross_entropy(l1, l2.argmax(1))), rel=1e-6)
+    assert float(cps2) == pytest.approx(float(F.cross_entropy(l2, l1.argmax(1))), rel=1e-6)
+    cps1.backward()
+    assert l1.grad is not None and l1.grad.abs().sum() > 0
+    assert l2.grad is None  # the pseudo-label of net 1's loss is detached
+
+
+def test_cps_second_network_is_initialised_differently():
+    torch.manual_seed(0)
+    net = xavier_initialised(SegmentationNet())
+    weight = net.inc.block[0].weight
+    fan_in, fan_out = weight.shape[1] * 9, weight.shape[0] * 9
+    assert float(weight.std()) == pytest.approx(math.sqrt(2.0 / (fan_in + fan_out)), rel=0.25)
+
+
+# ----------------------------------------------------------------------------- BCP
+
+def test_bcp_box_geometry():
+    height, width = 30, 45
+    tops, lefts = set(), set()
+    for seed in range(400):
+        top, left, box_h, box_w = aug.copy_paste_box(height, width, gen(seed))
+        assert (box_h, box_w) == (20, 30)  # int(2H/3), int(2W/3)
+        tops.add(top)
+        lefts.add(left)
+    assert tops == set(range(0, height - 20)) and lefts == set(range(0, width - 30))
+
+
+def test_bcp_mix_and_region_weighted_loss_are_composed_exactly():
+    h, w = 6, 9
+    keep = 1.0 - aug.box_mask(h, w, (1, 2, 4, 6))  # 1 outside the box
+    a, b = torch.rand(1, 1, h, w, generator=gen(6)), torch.rand(1, 1, h, w, generator=gen(7))
+    mixed = mix(a, b, keep)
+    assert torch.equal(mixed[keep.bool()], a[keep.bool()]) and torch.equal(mixed[~keep.bool()], b[~keep.bool()])
+    ya = one_hot((torch.rand(1, h, w, generator=gen(8)) > 0.5).long())
+    yb = one_hot((torch.rand(1, h, w, generator=gen(9)) > 0.5).long())
+    y = mix(ya, yb, keep)
+    assert torch.equal(y.sum(1), torch.ones(1, h, w))  # still one-hot
+    logits = torch.randn(1, 2, h, w, generator=gen(10))
+    dice, ce = mixed_loss(logits, ya, yb, keep, 0.5, 1.0)
+    probs = torch.softmax(logits, 1)
+    inside = 1.0 - keep
+    want_dice = 0.5 * (1 - soft_dice(probs, ya, keep).mean()) + 1.0 * (1 - soft_dice(probs, yb, inside).mean())
+    pixel_ce = F.cross_entropy(logits, ya.argmax(1), reduction="none") * keep[:, 0]
+    pixel_ce_b = F.cross_entropy(logits, yb.argmax(1), reduction="none") * inside[:, 0]
+    want_ce = 0.5 * pixel_ce.sum() / keep.sum() + 1.0 * pixel_ce_b.sum() / inside.sum()
+    assert float(dice) == pytest.approx(float(want_dice), rel=1e-6)
+    assert float(ce) == pytest.approx(float(want_ce), rel=1e-6)
+
+
+def test_region_dice_ignores_pixels_outside_the_region():
+    logits = torch.randn(1, 2, 4, 4, generator=gen(11))
+    target = one_hot(torch.zeros(1, 4, 4, dtype=torch.long))
+    region = torch.zeros(1, 1, 4, 4)
+    region[..., :2, :] = 1
+    changed = target.clone()
+    changed[..., 2:, :] = one_hot(torch.ones(1, 2, 4, dtype=torch.long))  # differs only outside the region
+    probs = torch.softmax(logits, 1)
+    assert torch.equal(soft_dice(probs, target, region), soft_dice(probs, changed, region))
+    assert not torch.equal(soft_dice(probs, target), soft_dice(probs, changed))
+
+
+# ----------------------------------------------------------------------------- UniMatch
+
+def test_unimatch_confidence_mask_and_pseudo_label():
+    logits = torch.tensor([[[[5.0, 0.0]], [[0.0, 0.1]]]])  # pixel 0: confident class 0; pixel 1: unsure class 1
+    conf, label = confidence_and_label(logits)
+    assert label.flatten().tolist() == [0, 1]
+    assert conf.flatten().tolist() == pytest.approx([1 / (1 + math.exp(-5)), 1 / (1 + math.exp(-0.1))])
+    assert ((conf >= 0.95).flatten().tolist()) == [True, False]
+
+
+def test_unimatch_cutmix_takes_the_partners_label_and_confidence_inside_the_box():
+    label, partner = torch.zeros(1, 1, 4, 5, dtype=torch.long), torch.ones(1, 1, 4, 5, dtype=torch.long)
+    conf, partner_conf = torch.full((1, 1, 4, 5), 0.5), torch.full((1, 1, 4, 5), 0.99)
+    box = aug.box_mask(4, 5, (1, 1, 2, 3))
+    mixed_label, mixed_conf = cutmix_targets(label, conf, partner, partner_conf, box)
+    assert torch.equal(mixed_label, box.long())
+    assert torch.equal(mixed_conf, torch.where(box.bool(), partner_conf, conf))
+
+
+def test_unimatch_cutmix_box_area_and_aspect():
+    height, width, boxes = 60, 90, []
+    for seed in range(300):
+        box = aug.cutmix_box(height, width, gen(seed), p=0.5)
+        if box is not None:
+            boxes.append(box)
+    assert 100 < len(boxes) < 200  # about half the draws
+    for top, left, box_h, box_w in boxes:
+        assert 0 <= top and top + box_h <= height and 0 <= left and left + box_w <= width
+        area = box_h * box_w / (height * width)
+        assert 0.02 * 0.8 <= area <= 0.4 + 1e-9
+        assert 0.3 * 0.7 <= box_h / max(box_w, 1) <= (1 / 0.3) * 1.3
+
+
+def test_unimatch_loss_weights():
+    terms = {"x": torch.tensor(1.0), "s1": torch.tensor(2.0), "s2": torch.tensor(4.0), "fp": torch.tensor(8.0)}
+    assert float(unimatch_total(terms)) == pytest.approx((1 + 0.25 * 2 + 0.25 * 4 + 0.5 * 8) / 2)
+
+
+def test_feature_dropout_drops_whole_channels_and_rescales():
+    features = torch.ones(2, 64, 3, 3)
+    out = aug.channel_dropout(features, gen(12), p=0.5)
+    per_channel = out.flatten(2)
+    assert torch.all((per_channel == 0).all(2) | (per_channel == 2).all(2))
+    assert 0.3 < float((per_channel[..., 0] == 0).float().mean()) < 0.7
+
+
+def test_strong_view_is_reproducible_and_in_range():
+    image = torch.rand(1, 1, 20, 30, generator=gen(13))
+    a = aug.strong_view(image, gen(14))
+    b = aug.strong_view(image, gen(14))
+    assert torch.equal(a, b) and float(a.min()) >= 0 and float(a.max()) <= 1
+    changed = [not torch.equal(aug.strong_view(image, gen(s)), image) for s in range(20)]
+    assert 10 <= sum(changed) < 20  # jitter p 0.8 or blur p 0.5: about nine in ten views change
+
+
+def test_gaussian_blur_keeps_constants_and_smooths():
+    flat = torch.full((1, 1, 9, 9), 0.3)
+    torch.testing.assert_close(aug.gaussian_blur(flat, 1.5), flat)
+    spike = torch.zeros(1, 1, 9, 9)
+    spike[0, 0, 4, 4] = 1
+    blurred = aug.gaussian_blur(spike, 1.0)
+    assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-5) and float(blurred.max()) < 0.2
+    assert np.allclose(blurred[0, 0].numpy(), blurred[0, 0].numpy().T, atol=1e-7)

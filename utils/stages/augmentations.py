@@ -1,0 +1,103 @@
+"""Random image operations of the semi-supervised baselines, drawn from one ``torch.Generator``.
+
+Images are ``[B, 1, H, W]`` float in [0, 1]. Every random draw comes from the
+generator passed in (a CPU generator that the stage checkpoints), so a seeded run
+repeats exactly and ``--resume`` continues the same stream. Box masks are float
+``[B, 1, H, W]`` with 1 inside the box unless said otherwise.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def uniform(generator: torch.Generator, low: float, high: float, count: int = 1) -> torch.Tensor:
+    """``count`` draws from U(low, high) as a float64 CPU tensor."""
+    return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
+
+
+def clamped_noise(like: torch.Tensor, generator: torch.Generator, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:
+    """Mean Teacher's input noise ``clamp(std * N(0, 1), -clip, clip)``, shaped like ``like``."""
+    noise = torch.randn(like.shape, generator=generator) * std
+    return noise.clamp(-clip, clip).to(device=like.device, dtype=like.dtype)
+
+
+def channel_dropout(features: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """``Dropout2d(p)`` in training mode with the given generator: whole channels of
+    ``[B, C, H, W]`` are zeroed with probability ``p``, the others scaled by ``1 / (1 - p)``."""
+    keep = (torch.rand(features.shape[0], features.shape[1], 1, 1, generator=generator) >= p).to(features.dtype)
+    return features * (keep / (1.0 - p)).to(features.device)
+
+
+def copy_paste_box(height: int, width: int, generator: torch.Generator, fraction: float = 2 / 3) -> tuple[int, int, int, int]:
+    """BCP's zero box: ``(top, left, box_h, box_w)`` with ``box_h = int(fraction H)``,
+    ``box_w = int(fraction W)``, ``top`` uniform in ``[0, H - box_h)`` and ``left`` uniform in
+    ``[0, W - box_w)`` (the box never touches the bottom or right edge, as in the
+    original's ``randint(0, H - box_h)``; 0 when the box fills the side)."""
+    box_h, box_w = int(height * fraction), int(width * fraction)
+    top = int(torch.randint(max(1, height - box_h), (1,), generator=generator))
+    left = int(torch.randint(max(1, width - box_w), (1,), generator=generator))
+    return top, left, box_h, box_w
+
+
+def box_mask(height: int, width: int, box: tuple[int, int, int, int] | None, batch: int = 1,
+             device: torch.device | str = "cpu") -> torch.Tensor:
+    """Float ``[batch, 1, H, W]``: 1 inside ``box = (top, left, box_h, box_w)``, 0 elsewhere
+    (all 0 for ``box=None``)."""
+    mask = torch.zeros(batch, 1, height, width, device=device)
+    if box is not None:
+        top, left, box_h, box_w = box
+        mask[:, :, top:top + box_h, left:left + box_w] = 1.0
+    return mask
+
+
+def cutmix_box(height: int, width: int, generator: torch.Generator, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4),
+               ratio: tuple[float, float] = (0.3, 1 / 0.3)) -> tuple[int, int, int, int] | None:
+    """UniMatch's CutMix box, or None (with probability ``1 - p``): area ``U(area) H W``, aspect
+    ratio ``r ~ U(ratio)``, ``box_w = int(sqrt(area / r))``, ``box_h = int(sqrt(area r))``, the
+    top-left corner uniform over the image, redrawn (ratio and corner) until the box fits."""
+    if float(uniform(generator, 0.0, 1.0)) > p:
+        return None
+    size = float(uniform(generator, *area)) * height * width
+    while True:
+        r = float(uniform(generator, *ratio))
+        box_w, box_h = int(math.sqrt(size / r)), int(math.sqrt(size * r))
+        left = int(torch.randint(width, (1,), generator=generator))
+        top = int(torch.randint(height, (1,), generator=generator))
+        if left + box_w <= width and top + box_h <= height:
+            return top, left, box_h, box_w
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``[B, C, H, W]`` (kernel radius ``ceil(3 sigma)``, reflected border)."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-offsets ** 2 / (2.0 * sigma ** 2))
+    kernel = (kernel / kernel.sum()).to(device=image.device, dtype=image.dtype)
+    channels = image.shape[1]
+    padded = F.pad(image, (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(padded, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def strong_view(image: torch.Tensor, generator: torch.Generator, jitter: float = 0.5, p_jitter: float = 0.8,
+                blur_sigma: tuple[float, float] = (0.1, 2.0), p_blur: float = 0.5) -> torch.Tensor:
+    """UniMatch's photometric strong view of a gray ``[1, 1, H, W]`` image in [0, 1]: with
+    probability ``p_jitter`` brightness and contrast factors ``U(1 - jitter, 1 + jitter)``
+    applied in random order (contrast about the image mean; saturation and hue do nothing
+    to a gray image), then with probability ``p_blur`` a Gaussian blur of sigma
+    ``U(blur_sigma)``. The result is clipped to [0, 1]."""
+    out = image
+    if float(uniform(generator, 0.0, 1.0)) < p_jitter:
+        brightness, contrast = (float(f) for f in uniform(generator, 1.0 - jitter, 1.0 + jitter, 2))
+        steps = [lambda x: (x * brightness).clamp(0, 1),
+                 lambda x: ((x - x.mean()) * contrast + x.mean()).clamp(0, 1)]
+        if float(uniform(generator, 0.0, 1.0)) < 0.5:
+            steps.reverse()
+        for step in steps:
+            out = step(out)
+    if float(uniform(generator, 0.0, 1.0)) < p_blur:
+        out = gaussian_blur(out, float(uniform(generator, *blur_sigma)))
+    return out.clamp(0, 1)
