@@ -14,7 +14,6 @@ OUT_DIR/gland_area.csv. Each fold's model is its best checkpoint on val
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +32,7 @@ from utils.cli import add_common_args
 from utils.comparison import COLUMNS as COMPARISON_COLUMNS
 from utils.comparison import compare, format_comparison
 from utils.errors import InputError, run_cli
+from utils.files import write_csv, write_png
 from utils.evaluation import evaluate_registration, evaluate_segmentation
 from utils.metrics import HD95_EMPTY_POLICY, masks_from_scores, summarise
 from utils.prediction import gland_probability, load_fold_models
@@ -69,19 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mixed precision: auto = on with CUDA only (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
-
-
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _fmt(row.get(key, "")) for key in columns})
-
-
-def _fmt(value):
-    return f"{value:.6f}" if isinstance(value, float) else value
 
 
 def summary_rows(rows: list[dict], metrics: list[str], folds: list[int]) -> list[dict]:
@@ -231,7 +218,7 @@ def predict(args: argparse.Namespace, folds: list[int], device: torch.device) ->
         image = read_image(path)
         height, width = image.shape
         mask = gland_probability(models, image, device, amp) > 0.5
-        save_png(out_dir / "masks" / f"{path.stem}.png", mask.astype(np.uint8) * 255)
+        write_png(out_dir / "masks" / f"{path.stem}.png", mask.astype(np.uint8) * 255)
         save_png(out_dir / "overlays" / f"{path.stem}.png", overlay_mask(image, mask))
         rows.append({"name": path.stem, "height": height, "width": width, "gland_pixels": int(mask.sum()),
                      "gland_fraction": float(mask.mean())})

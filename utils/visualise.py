@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from networks.spatial_transformer import warp
-from utils.errors import InputError
+from utils.files import write_png
 
 RED = (1.0, 0.0, 0.0)
 GREEN = (0.0, 1.0, 0.0)
@@ -127,18 +127,9 @@ def deformation_grid(field: Any, spacing: int = 8) -> np.ndarray:
 def save_png(path: str | os.PathLike, rgb: Any) -> Path:
     """Write an RGB (``[H, W, 3]``) or gray image as PNG (float [0, 1] or uint8), creating
     the folder. InputError if it cannot be written."""
-    path = Path(path)
     array = _numpy(rgb)
     if array.dtype != np.uint8:
         array = np.round(np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ok, data = cv2.imencode(".png", array)
-        if not ok:
-            raise OSError("PNG encoding failed")
-        data.tofile(str(path))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write image ({exc}); check that the folder is writable")
-    return path
+    return write_png(path, array)
