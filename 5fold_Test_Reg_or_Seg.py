@@ -36,16 +36,15 @@ from utils.files import write_csv, write_png
 from utils.evaluation import evaluate_registration, evaluate_segmentation
 from utils.metrics import HD95_EMPTY_POLICY, masks_from_scores, summarise
 from utils.prediction import gland_probability, load_fold_models
-from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
+from utils.training.checkpoints import find_best_checkpoint, load_network, load_registration_network, run_dir_for
 from utils.training.runtime import select_device, use_amp
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask, save_png, tp_fp_fn_overlay
 
 SEG_COLUMNS = ["name", "patient", "fold", "iou", "dice", "hd95", "recall", "accuracy", "hd95_empty"]
 SEG_METRICS = ["iou", "dice", "hd95", "recall", "accuracy"]
-REG_COLUMNS = ["moving", "fixed", "patient", "fold", "affine_iou", "affine_dice", "affine_recall",
-               "iou", "dice", "recall", "folding_fraction", "jacobian_mean"]
 REG_METRICS = ["affine_iou", "affine_dice", "affine_recall", "iou", "dice", "recall",
-               "folding_fraction", "jacobian_mean"]
+               "folding_fraction", "jacobian_mean", "jacobian_min", "jacobian_std"]
+REG_COLUMNS = ["moving", "fixed", "patient", "fold"] + REG_METRICS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +173,7 @@ def _overlay_saver(folder: Path):
 def test_registration(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
     def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
-        net, _ = load_network(checkpoint_for(args, exp, k, "5fold_Train_Reg.py"), RegistrationNet(), device)
+        net, _ = load_registration_network(checkpoint_for(args, exp, k, "5fold_Train_Reg.py"), device)
         save = _panel_saver(out_dir / "images") if args.save_images else None
         return evaluate_registration(net, RegistrationPairSet(data.folder, data.fold.test, data.prealign),
                                      device, k, progress=not args.no_progress, keep_outputs=save)

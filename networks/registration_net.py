@@ -7,6 +7,13 @@ returns the flow ``[B, 2, H, W]`` in pixels (channel 0 = row, 1 = column) such t
 Input ``cat([fixed, moving])`` is zero-padded symmetrically to a multiple of 16
 (:func:`symmetric_padding`) and the flow cropped from the SAME region (**deviation**:
 the published code crops the top-left corner, shifting the flow).
+
+``integration_steps = 0`` (the paper): the network's output is the displacement.
+``integration_steps = N > 0`` (``--diffeomorphic``, 7 as in VoxelMorph): the output is a
+stationary velocity field, integrated by scaling and squaring
+(:func:`networks.spatial_transformer.integrate_velocity`), so the returned
+displacement is (nearly) invertible and does not fold. :meth:`config` is what a
+checkpoint records to rebuild the same network.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from networks.blocks import Up
+from networks.spatial_transformer import integrate_velocity
 from networks.unet_encoder import ENCODER_CHANNELS, UNetEncoder, run_plain
 
 MULTIPLE = 16
@@ -44,9 +52,13 @@ class RegistrationNet(UNetEncoder):
     it is off unless memory is that tight.
     """
 
-    def __init__(self, attention_impl: str = "auto", checkpointing: bool = False) -> None:
+    def __init__(self, attention_impl: str = "auto", checkpointing: bool = False,
+                 integration_steps: int = 0) -> None:
         super().__init__(in_channels=2)
+        if integration_steps < 0:
+            raise ValueError(f"integration_steps must be >= 0, got {integration_steps}")
         self.checkpointing = checkpointing
+        self.integration_steps = int(integration_steps)
         c1, c2, c3, c4, c5 = ENCODER_CHANNELS
         self.up1 = Up(c5, c4, c4, attention="se+pam", attention_impl=attention_impl)
         self.up2 = Up(c4, c3, c3, attention="se+pam", attention_impl=attention_impl)
@@ -75,5 +87,9 @@ class RegistrationNet(UNetEncoder):
         x = self.up2(x, x3)
         x = run(self.up3, x, x2)
         x = run(self.up4, x, x1)
-        flow = self.flow(x)
-        return flow[..., top:top + height, left:left + width].contiguous()
+        flow = self.flow(x)[..., top:top + height, left:left + width].contiguous()
+        return integrate_velocity(flow, self.integration_steps) if self.integration_steps else flow
+
+    def config(self) -> dict[str, int]:
+        """The constructor settings a checkpoint must record (``RegistrationNet(**config)``)."""
+        return {"integration_steps": self.integration_steps}

@@ -79,6 +79,20 @@ def compose(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return f + warp(g, f, mode="bilinear")
 
 
+def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """Displacement of the stationary velocity field ``velocity [B, 2, H, W]`` (pixels per unit
+    time) at time 1, by scaling and squaring: ``d = v / 2^steps``, then ``steps`` times
+    ``d = compose(d, d)`` (VoxelMorph's integration). The map ``p -> p + d(p)`` is then
+    (nearly) invertible: it folds only where interpolation errors add up. ``steps = 0``
+    returns ``velocity`` itself."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    field = velocity / (2 ** steps)
+    for _ in range(steps):
+        field = compose(field, field)
+    return field
+
+
 def field_from_affine(matrix: torch.Tensor | np.ndarray | Sequence,
                       size: tuple[int, int]) -> torch.Tensor:
     """Displacement field of a 2x3 affine matrix in OpenCV's inverse-map convention.

@@ -1,10 +1,15 @@
-"""Jacobian statistics of deformation fields (utils.evaluation.folding_fraction)."""
+"""Jacobian statistics of deformation fields (utils.metrics.jacobian_statistics)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils.evaluation import folding_fraction
+from utils.metrics import jacobian_statistics
+
+
+def folding_fraction(field: torch.Tensor) -> tuple[float, float]:
+    stats = jacobian_statistics(field)
+    return stats["folding_fraction"], stats["jacobian_mean"]
 
 
 def test_identity_and_translation_do_not_fold():
@@ -32,3 +37,12 @@ def test_local_fold_is_counted():
     field[1, :, 5:] = -3.0  # columns 5.. jump back 3 px: the map is not monotone at column 4 -> 5
     fraction, _ = folding_fraction(field)
     assert fraction == pytest.approx(9 / 81)
+
+
+def test_minimum_and_spread_of_the_determinant():
+    field = torch.zeros(2, 10, 10)
+    field[1, :, 5:] = -3.0
+    stats = jacobian_statistics(field)
+    assert stats["jacobian_min"] == pytest.approx(-2.0)  # 1 + (-3) at the jump
+    assert jacobian_statistics(torch.zeros(2, 5, 6)) == {"folding_fraction": 0.0, "jacobian_mean": 1.0,
+                                                         "jacobian_min": 1.0, "jacobian_std": 0.0}

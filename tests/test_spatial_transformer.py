@@ -150,3 +150,55 @@ def test_identity_grid_is_cached_and_correct():
 def test_warp_rejects_size_mismatch():
     with pytest.raises(ValueError):
         warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 2, 8, 9))
+
+
+# ----------------------------------------------------------------------------- velocity integration
+
+def test_zero_velocity_integrates_to_the_identity():
+    from networks.spatial_transformer import integrate_velocity
+    assert torch.equal(integrate_velocity(torch.zeros(2, 2, 12, 17), 7), torch.zeros(2, 2, 12, 17))
+
+
+def test_constant_velocity_integrates_to_the_same_translation():
+    from networks.spatial_transformer import integrate_velocity
+    v = torch.zeros(1, 2, 40, 50)
+    v[:, 0], v[:, 1] = 1.25, -0.5
+    d = integrate_velocity(v, 7)
+    inner = d[:, :, 5:-5, 5:-5]  # away from the border, where zero padding enters
+    torch.testing.assert_close(inner, v[:, :, 5:-5, 5:-5], atol=1e-5, rtol=0)
+
+
+def test_rotation_velocity_integrates_to_the_rotation_and_does_not_fold():
+    """v(p) = w J (p - c) is the velocity of a rotation about c: its flow at time 1 is the
+    rotation by w (radians), p -> c + R(w) (p - c); the direct use of the same field as a
+    displacement (what the paper's network outputs) folds once w is large."""
+    from networks.spatial_transformer import integrate_velocity
+    from utils.metrics import jacobian_statistics
+    size, w = 64, 1.2
+    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                                indexing="ij")
+    c = (size - 1) / 2
+    y, x = rows - c, cols - c
+    velocity = torch.stack([w * x, -w * y])[None].float()
+    d = integrate_velocity(velocity, 7)[0].double()
+    cos, sin = math.cos(w), math.sin(w)
+    expected = torch.stack([c + cos * y + sin * x - rows, c - sin * y + cos * x - cols])
+    disc = (y ** 2 + x ** 2) <= (0.3 * size) ** 2  # where every intermediate sample stays inside the image
+    assert float((d - expected)[:, disc].abs().max()) < 0.05 * size * w * 0.3
+    assert jacobian_statistics(d[:, 10:-10, 10:-10])["folding_fraction"] == 0.0
+
+
+def test_integrated_vortex_does_not_fold_where_the_direct_displacement_does():
+    """A strong local vortex: used directly as a displacement (the paper's output) it folds;
+    integrated as a velocity (``--diffeomorphic``) it does not."""
+    from networks.spatial_transformer import integrate_velocity
+    from utils.metrics import jacobian_statistics
+    size = 64
+    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                                indexing="ij")
+    y, x = rows - (size - 1) / 2, cols - (size - 1) / 2
+    strength = 3.0 * torch.exp(-(x ** 2 + y ** 2) / (2 * 8.0 ** 2))
+    field = torch.stack([strength * x, -strength * y])[None].float()
+    assert jacobian_statistics(field[0])["folding_fraction"] > 0.03
+    integrated = jacobian_statistics(integrate_velocity(field, 7)[0])
+    assert integrated["folding_fraction"] == 0.0 and integrated["jacobian_min"] > 0.2

@@ -98,3 +98,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bent_dataset, 
         train(args + ["--epochs", "2", "--resume"])
     assert last.read_bytes() == before
     assert load_checkpoint(last)["epoch"] == 0
+
+
+def test_diffeomorphic_setting_is_recorded_and_used_by_every_consumer(bent_dataset, tmp_path):
+    from networks.spatial_transformer import integrate_velocity
+    from utils.training.checkpoints import load_registration_network
+    runs = tmp_path / "runs"
+    train(["--data-dir", str(bent_dataset), "--fold", "1", "--exp", "D", "--runs-dir", str(runs), "--device", "cpu",
+           "--epochs", "1", "--iters", "3", "--lr", "1e-2", "--workers", "0", "--no-progress", "--diffeomorphic",
+           "--integration-steps", "5"])
+    path = find_best_checkpoint(runs / "D" / "fold1")
+    assert load_checkpoint(path)["network"] == {"integration_steps": 5}
+    net, _ = load_registration_network(path, CPU)  # what SS-MGS and the test script call
+    assert net.integration_steps == 5
+    moving, fixed = torch.rand(1, 1, H, W), torch.rand(1, 1, H, W)
+    with torch.no_grad():
+        direct = RegistrationNet()  # the same weights without the integration
+        direct.load_state_dict(net.state_dict())
+        torch.testing.assert_close(net.eval()(moving, fixed), integrate_velocity(direct.eval()(moving, fixed), 5))
+    legacy = tmp_path / "legacy.pth"  # a checkpoint written before the setting existed
+    state = load_checkpoint(path)
+    del state["network"]
+    torch.save(state, legacy)
+    assert load_registration_network(legacy, CPU)[0].integration_steps == 0

@@ -15,22 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from networks.spatial_transformer import warp, warp_label
-from utils.metrics import evaluate_mask, masks_from_scores, warped_mask_metrics
-
-
-def folding_fraction(field: torch.Tensor) -> tuple[float, float]:
-    """Jacobian determinant of ``p -> p + d(p)`` for ``field [2, H, W]`` (pixels, row first).
-
-    Forward differences on the interior. Returns ``(fraction of pixels with
-    det <= 0, mean det)``; an identity map gives ``(0.0, 1.0)``.
-    """
-    d = field.detach().double()
-    dy_dr = d[0, 1:, :-1] - d[0, :-1, :-1]
-    dy_dc = d[0, :-1, 1:] - d[0, :-1, :-1]
-    dx_dr = d[1, 1:, :-1] - d[1, :-1, :-1]
-    dx_dc = d[1, :-1, 1:] - d[1, :-1, :-1]
-    det = (1.0 + dy_dr) * (1.0 + dx_dc) - dy_dc * dx_dr
-    return float((det <= 0).double().mean()), float(det.mean())
+from utils.metrics import evaluate_mask, jacobian_statistics, masks_from_scores, warped_mask_metrics
 
 
 def _loader(dataset: Dataset, workers: int = 0) -> DataLoader:
@@ -45,7 +30,7 @@ def evaluate_registration(net: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     """Warped-mask metrics per ordered pair; ``net = None`` scores the affine alone.
 
     Each row: ``moving, fixed, patient, fold, affine_iou, affine_dice, affine_recall``
-    and, with a net, ``iou, dice, recall, folding_fraction, jacobian_mean``.
+    and, with a net, ``iou, dice, recall`` and :func:`utils.metrics.jacobian_statistics` of the flow.
     ``keep_outputs(batch, outputs)`` (optional) receives each pair's tensors for panels.
     """
     was_training = getattr(net, "training", False)
@@ -64,9 +49,8 @@ def evaluate_registration(net: Callable[[torch.Tensor, torch.Tensor], torch.Tens
             flow = net(moving, batch["fixed"].to(device))
             warped_label = warp_label(aligned_label, flow)
             scores = warped_mask_metrics(warped_label, fixed_label)[0]
-            fold_frac, jac_mean = folding_fraction(flow[0])
             row.update(iou=scores["iou"], dice=scores["dice"], recall=scores["recall"],
-                       folding_fraction=fold_frac, jacobian_mean=jac_mean)
+                       **jacobian_statistics(flow[0]))
             if keep_outputs is not None:
                 keep_outputs(batch, {"flow": flow.cpu(), "warped": warp(moving, flow).cpu(),
                                      "warped_label": warped_label.cpu()})

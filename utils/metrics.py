@@ -167,3 +167,23 @@ def warped_mask_metrics(warped_onehot: torch.Tensor,
     counts = torch.stack([(pred & gt).sum(1), (pred & ~gt).sum(1), (~pred & gt).sum(1)], 1)
     total = pred.shape[1]
     return [_rates(tp, fp, fn, total - tp - fp - fn) for tp, fp, fn in counts.cpu().tolist()]
+
+
+def jacobian_determinant(field: torch.Tensor) -> torch.Tensor:
+    """Jacobian determinant ``[H - 1, W - 1]`` (float64) of the map ``p -> p + d(p)`` for a
+    displacement ``field [2, H, W]`` (pixels, row first), by forward differences."""
+    d = field.detach().double()
+    dy_dr = d[0, 1:, :-1] - d[0, :-1, :-1]
+    dy_dc = d[0, :-1, 1:] - d[0, :-1, :-1]
+    dx_dr = d[1, 1:, :-1] - d[1, :-1, :-1]
+    dx_dc = d[1, :-1, 1:] - d[1, :-1, :-1]
+    return (1.0 + dy_dr) * (1.0 + dx_dc) - dy_dc * dx_dr
+
+
+def jacobian_statistics(field: torch.Tensor) -> dict[str, float]:
+    """Plausibility of a deformation ``field [2, H, W]``: ``folding_fraction`` (share of pixels
+    whose Jacobian determinant is <= 0: the map folds there), ``jacobian_mean``,
+    ``jacobian_min`` and ``jacobian_std``. An identity map gives ``0, 1, 1, 0``."""
+    det = jacobian_determinant(field)
+    return {"folding_fraction": float((det <= 0).double().mean()), "jacobian_mean": float(det.mean()),
+            "jacobian_min": float(det.min()), "jacobian_std": float(det.std(unbiased=False))}

@@ -24,6 +24,7 @@ from utils.training.engine import FiniteCheck, Stage, Validation
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask
 
 VAL_KEYS = ("iou", "dice", "recall")
+FIELD_KEYS = ("folding_fraction", "jacobian_mean", "jacobian_min")  # plausibility of the fields
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--w-ncc", type=float, default=1.0, help="weight of the local NCC term (default: 1)")
     parser.add_argument("--w-smooth", type=float, default=0.1,
                         help="weight of the flow smoothness term (default: 0.1)")
+    parser.add_argument("--diffeomorphic", action="store_true",
+                        help="the network outputs a stationary velocity field, integrated by scaling and "
+                             "squaring into a (nearly) invertible displacement that does not fold (the "
+                             "paper: a direct displacement). Recorded in the checkpoint: SS-MGS and the test "
+                             "script integrate the same way")
+    parser.add_argument("--integration-steps", type=int, default=7,
+                        help="scaling-and-squaring steps of --diffeomorphic (default: 7, as VoxelMorph)")
     return parser
 
 
@@ -87,12 +95,15 @@ class RegistrationStage(Stage):
         self.train_set = RegistrationTrainSet(data.folder, data.fold.train, data.prealign,
                                               args.iters * args.batch_size, args.seed + k).preload()
         self.val_pairs = RegistrationPairSet(data.folder, data.fold.val, data.prealign).preload()
-        self.net = RegistrationNet().to(device)
+        self.net = RegistrationNet(integration_steps=args.integration_steps if args.diffeomorphic else 0).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         self.weights = RegistrationWeights(ssim=args.w_ssim, ncc=args.w_ncc, smooth=args.w_smooth)
 
     def state(self) -> dict:
         return {"model": self.net, "optimizer": self.optimizer}
+
+    def network_config(self) -> dict:
+        return self.net.config()
 
     def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -117,9 +128,9 @@ class RegistrationStage(Stage):
 
     def validate(self, epoch: int) -> Validation:
         rows = evaluate_registration(self.net, self.val_pairs, self.device, self.fold, self.progress)
-        summary = summarise(rows, list(VAL_KEYS) + ["folding_fraction"])
+        summary = summarise(rows, list(VAL_KEYS + FIELD_KEYS))
         score = sum(summary[f"{key}_mean"] for key in VAL_KEYS)
-        scalars = {key: summary[f"{key}_mean"] for key in VAL_KEYS + ("folding_fraction",)}
+        scalars = {key: summary[f"{key}_mean"] for key in VAL_KEYS + FIELD_KEYS}
         scalars["score_iou+dice+recall"] = score
         message = (f"val IoU {summary['iou_mean']:.4f} Dice {summary['dice_mean']:.4f} "
                    f"recall {summary['recall_mean']:.4f}")

@@ -20,7 +20,7 @@ from networks.registration_net import RegistrationNet
 from networks.rnsf import rnsf_loss
 from networks.rsgm import rsgm_generate, sample_coefficients
 from networks.weights import freeze
-from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
+from utils.training.checkpoints import find_best_checkpoint, load_registration_network, run_dir_for
 from utils.training.engine import FiniteCheck
 from utils.training.runtime import make_generator
 from utils.training.schedules import ramp_up
@@ -125,8 +125,9 @@ def load_registration_net(args: argparse.Namespace, k: int, device: torch.device
     path = args.reg_checkpoint or find_best_checkpoint(
         run_dir_for(args.runs_dir, args.reg_exp, k),
         hint=f"python 5fold_Train_Reg.py --data-dir {args.data_dir} --fold {k} --exp {args.reg_exp}")
-    net, _ = load_network(path, RegistrationNet(), device)
-    print(f"fold {k}: registration network from {path}")
+    net, _ = load_registration_network(path, device)
+    integration = f" (velocity integrated in {net.integration_steps} steps)" if net.integration_steps else ""
+    print(f"fold {k}: registration network from {path}{integration}")
     return freeze(net)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
+from networks.registration_net import RegistrationNet
 from utils.errors import InputError
 from utils.files import atomic_save, atomic_write_json
 from utils.training.rng_state import restore_rng_state, rng_state
@@ -41,14 +42,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
                          f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it or retrain")
 
 
-def load_network(path: str | Path, net: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, dict]:
+def load_network(path: str | Path, net: torch.nn.Module, device: torch.device,
+                 state: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Load ``path`` (a trainer checkpoint dict with ``"model"``, or a bare state dict)
     into ``net``; returns ``(net on device in eval mode, checkpoint dict)``. A checkpoint
-    of another network is a one-line InputError."""
+    of another network is a one-line InputError. ``state``: the file's content when the
+    caller has already read it."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path, map_location=device) if state is None else state
     weights = state["model"] if isinstance(state, dict) and "model" in state else state
     try:
         net.load_state_dict(weights)
@@ -254,3 +257,18 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -
     for path in earlier:
         path.unlink()
     return run_dir
+
+
+def load_registration_network(path: str | Path, device: torch.device) -> tuple[RegistrationNet, dict]:
+    """The registration network of a checkpoint, rebuilt with the settings it was trained with
+    (``"network"``: e.g. the velocity integration of ``--diffeomorphic``; a checkpoint
+    without them is the paper's direct-displacement network)."""
+    path = Path(path)
+    state = load_checkpoint(path, map_location=device) if path.is_file() else None
+    config = (state.get("network") or {}) if isinstance(state, dict) else {}
+    try:
+        net = RegistrationNet(**config)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: unknown registration network settings {config} ({exc}); "
+                         f"was it written by a newer version?") from None
+    return load_network(path, net, device, state)

@@ -105,6 +105,10 @@ class Stage(ABC):
     def end_epoch(self, epoch: int) -> None:
         """After the iterations and the panel of ``epoch``, before its validation."""
 
+    def network_config(self) -> dict[str, Any]:
+        """Constructor settings of the saved network (``"network"`` in every checkpoint)."""
+        return {}
+
 
 @dataclass
 class FitSettings:
@@ -222,7 +226,7 @@ def fit(stage: Stage, settings: FitSettings) -> Validation | None:
             started = time.time()
             step, validation = _run_epoch(stage, loader, writer, step, epoch, settings)
             best = checkpoints.save_epoch(stage.state(), epoch, validation.score, kind=stage.kind,
-                                          **settings.extra)
+                                          network=stage.network_config(), **settings.extra)
             writer.add_scalar(stage.best_scalar, best, epoch + 1)
             writer.flush()
             note = f"{validation.note}; " if validation.note else ""
