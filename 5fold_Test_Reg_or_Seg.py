@@ -4,11 +4,14 @@
     python 5fold_Test_Reg_or_Seg.py --mode reg --data-dir D --fold all --exp REG [--save-images]
     python 5fold_Test_Reg_or_Seg.py --mode predict --exp SEG --fold all --input IMG_DIR --output OUT_DIR
 
-seg/reg write RUNS/EXP/test/per_image.csv (per_pair.csv) and summary.csv and
-print a table; with several --exp in seg mode, every experiment is compared with
-the first (paired differences, bootstrap interval, Wilcoxon p-value) in
-RUNS/<first>/test/comparison.csv; predict writes OUT_DIR/masks/, OUT_DIR/overlays/ and
-OUT_DIR/gland_area.csv. Each fold's model is its best checkpoint on val
+seg and reg write RUNS/EXP/test/per_image.csv (per_pair.csv) and summary.csv and
+print a table. seg also compares the clinical measures on predicted and true masks
+(measures.csv, clinical_summary.csv; with --grades, the estimated meiboscore with
+clinicians' grades), and with several --exp every experiment with the first
+(paired differences, bootstrap interval, Wilcoxon p-value) in
+RUNS/<first>/test/comparison.csv. predict writes OUT_DIR/masks/, overlays/,
+gland_area.csv, glands.csv and images.csv (--eyelid-exp: eyelid masks and the
+eyelid-dependent measures). Each fold's model is its best checkpoint on val
 (best.json), never one chosen on test.
 """
 from __future__ import annotations
@@ -20,22 +23,23 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from dataloaders.dataset import IMAGE_EXTS, DatasetFolder, parse_folds, read_image
+from dataloaders.dataset import IMAGE_EXTS, DatasetFolder, parse_folds
 from dataloaders.fold_data import open_fold
 from dataloaders.registration_data import RegistrationPairSet
 from dataloaders.segmentation_data import SegmentationEvalSet
 from networks.registration_net import RegistrationNet
 from networks.segmentation_net import SegmentationNet
+from utils.agreement import agreement_table
 from utils.cli import add_common_args
+from utils.clinical_report import AGREEMENT_COLUMNS, grade_agreement, measure_pair, read_grades, report_lines
 from utils.comparison import COLUMNS as COMPARISON_COLUMNS
 from utils.comparison import compare, format_comparison
 from utils.errors import InputError, run_cli
-from utils.files import write_csv, write_png
 from utils.evaluation import evaluate_registration, evaluate_segmentation
+from utils.files import write_csv
 from utils.metrics import HD95_EMPTY_POLICY, masks_from_scores, summarise
-from utils.prediction import gland_probability, load_fold_models
+from utils.prediction import check_targets, load_fold_models, predict_folder
 from utils.training.checkpoints import find_best_checkpoint, load_network, load_registration_network, run_dir_for
 from utils.training.runtime import select_device, use_amp
 from utils.visualise import deformation_grid, image_grid_panel, overlay_mask, save_png, tp_fp_fn_overlay
@@ -58,12 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default=None,
                         help="score this checkpoint file instead of the fold's best (one fold, one exp)")
     parser.add_argument("--pixel-size", type=float, default=1.0,
-                        help="HD95 unit: physical size of a pixel (default: 1 = pixels)")
+                        help="physical size of a pixel (e.g. mm) for HD95 and the clinical measures' lengths "
+                             "and areas (default: 1 = pixels)")
     parser.add_argument("--save-images", action="store_true",
                         help="seg: TP/FP/FN overlay PNG per test image; reg: panel PNG per test pair "
                              "(under RUNS/EXP/test/images/)")
+    parser.add_argument("--grades", default=None, metavar="CSV",
+                        help="seg: clinicians' meiboscores (name,grade 0-3) to compare with the meiboscore "
+                             "estimated from each predicted mask and the image's eyelid mask")
     parser.add_argument("--input", default=None, help="predict: folder of images to segment")
-    parser.add_argument("--output", default=None, help="predict: folder for masks, overlays, gland_area.csv")
+    parser.add_argument("--output", default=None,
+                        help="predict: folder for masks, overlays, gland_area.csv, glands.csv and images.csv")
+    parser.add_argument("--eyelid-exp", default=None,
+                        help="predict: experiment trained with --target eyelid; its folds segment the eyelid, "
+                             "which gives the eyelid-dependent measures (area ratio, dropout, meiboscore)")
     parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                         help="mixed precision: auto = on with CUDA only (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -147,17 +159,49 @@ def print_comparison(args: argparse.Namespace, scored: dict[str, list[dict]], me
 def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
     amp = use_amp(args.amp, device)
 
+    grades = read_grades(args.grades) if args.grades else None
+    measured: dict[str, tuple[list[dict], list[dict]]] = {}
+
     def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, need_prealign=False)
-        net, _ = load_network(checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py"), SegmentationNet(), device)
-        save = _overlay_saver(out_dir / "images") if args.save_images else None
-        return evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test), device, k, amp=amp,
-                                     pixel_size=args.pixel_size, progress=not args.no_progress, keep_outputs=save)
+        net, state = load_network(checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py"), SegmentationNet(), device)
+        target = (state.get("args") or {}).get("target", "gland")
+        keepers = [_overlay_saver(out_dir / "images")] if args.save_images else []
+        if target == "gland":
+            keepers.append(_measure_collector(folder, measured.setdefault(exp, ([], [])), args.pixel_size))
+        return evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test, target), device, k,
+                                     amp=amp, pixel_size=args.pixel_size, progress=not args.no_progress,
+                                     keep_outputs=lambda batch, pred: [keep(batch, pred) for keep in keepers])
 
     unit = "pixels" if args.pixel_size == 1 else "units of --pixel-size"
     scored = score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS,
                                f"Segmentation of test images (mean +- std over images; HD95 in {unit})")
     print_comparison(args, scored, SEG_METRICS)
+    for exp, (pred_rows, true_rows) in measured.items():
+        report_measures(Path(args.runs_dir) / exp / "test", exp, pred_rows, true_rows, grades)
+
+
+def _measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]], pixel_size: float):
+    """Clinical measures of each test image's predicted and true mask (with its true eyelid)."""
+    def collect(batch: dict, pred: np.ndarray) -> None:
+        name = batch["name"][0]
+        eyelid = folder.load_eyelid(name) if folder.has_eyelid(name) else None
+        true = masks_from_scores(batch["label"])[0].numpy()
+        predicted_row, true_row = measure_pair(name, pred, true, eyelid, pixel_size)
+        rows[0].append(predicted_row)
+        rows[1].append(true_row)
+    return collect
+
+
+def report_measures(out_dir: Path, exp: str, pred_rows: list[dict], true_rows: list[dict],
+                    grades: dict[str, int] | None) -> None:
+    """measures.csv (per image), clinical_summary.csv and the printed summary of one experiment."""
+    per_image, summary = agreement_table(pred_rows, true_rows)
+    graded = grade_agreement(pred_rows, grades) if grades is not None else None
+    write_csv(out_dir / "measures.csv", per_image, AGREEMENT_COLUMNS)
+    flat = {**summary, **({f"grades_{k}": v for k, v in graded.items() if k != "confusion"} if graded else {})}
+    write_csv(out_dir / "clinical_summary.csv", [flat], list(flat))
+    print("\n".join(report_lines(exp, summary, graded)))
 
 
 def _overlay_saver(folder: Path):
@@ -210,19 +254,17 @@ def predict(args: argparse.Namespace, folds: list[int], device: torch.device) ->
     amp = use_amp(args.amp, device)
     models = load_fold_models(args.runs_dir, args.exp[0], folds, device, args.checkpoint,
                               hint=f"train it with: python 5fold_Train_SS_MGS.py --exp {args.exp[0]}")
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in tqdm(files, desc="predict", disable=args.no_progress):
-        image = read_image(path)
-        height, width = image.shape
-        mask = gland_probability(models, image, device, amp) > 0.5
-        write_png(out_dir / "masks" / f"{path.stem}.png", mask.astype(np.uint8) * 255)
-        save_png(out_dir / "overlays" / f"{path.stem}.png", overlay_mask(image, mask))
-        rows.append({"name": path.stem, "height": height, "width": width, "gland_pixels": int(mask.sum()),
-                     "gland_fraction": float(mask.mean())})
-    write_csv(out_dir / "gland_area.csv", rows, ["name", "height", "width", "gland_pixels", "gland_fraction"])
-    print(f"{len(rows)} images segmented with {len(models)} fold model(s) -> {out_dir}")
+    check_targets(models, "gland", "--exp")
+    eyelid_models = []
+    if args.eyelid_exp:
+        eyelid_models = load_fold_models(args.runs_dir, args.eyelid_exp, folds, device,
+                                         hint=f"train it with: python 5fold_Train_SS_MGS.py --target eyelid "
+                                              f"--exp {args.eyelid_exp}")
+        check_targets(eyelid_models, "eyelid", "--eyelid-exp")
+    count = predict_folder(files, out_dir, models, eyelid_models, device, amp, args.pixel_size,
+                           progress=not args.no_progress)
+    print(f"{count} images segmented with {len(models)} fold model(s)"
+          + (f" and {len(eyelid_models)} eyelid model(s)" if eyelid_models else "") + f" -> {out_dir}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,6 +4,7 @@ Layout (see README.md)::
 
     DATA_DIR/Image/<name>.<png|jpg|jpeg|bmp|tif|tiff>   grayscale or RGB image
     DATA_DIR/Label/<name>.png                           binary gland mask (optional)
+    DATA_DIR/Eyelid/<name>.png                          binary eyelid (tarsal plate) mask (optional)
     DATA_DIR/train_dict{1..5}.json                      folds (utils.make_folds)
 
 Inside the code an image is ``float32 [H, W]`` in [0, 1] and a mask is
@@ -29,6 +30,8 @@ cv2.setNumThreads(1)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LABEL_EXTS = (".png",)
+EYELID_DIR = "Eyelid"
+TARGETS = ("gland", "eyelid")  # what a segmenter segments: Label/ or Eyelid/ masks
 NUM_FOLDS = 5
 
 
@@ -161,6 +164,8 @@ class DatasetFolder:
                              f"(same names as the images, .png)")
         self.image_paths = _stem_map(image_dir, IMAGE_EXTS)
         self.label_paths = _stem_map(label_dir, LABEL_EXTS)
+        eyelid_dir = self.root / EYELID_DIR
+        self.eyelid_paths = _stem_map(eyelid_dir, LABEL_EXTS) if eyelid_dir.is_dir() else {}
         if not self.image_paths:
             raise InputError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTS)})")
         self.resize = tuple(resize) if resize is not None else None
@@ -169,7 +174,7 @@ class DatasetFolder:
             if name not in self.image_paths:
                 raise InputError(f"image '{name}' is not in {image_dir}")
         self.size = self._check_sizes(checked)  # (H, W) used everywhere in the code
-        self._label_cache: dict[str, np.ndarray] = {}
+        self._mask_cache: dict[tuple[str, str], np.ndarray] = {}
 
     def _check_sizes(self, names: list[str]) -> tuple[int, int]:
         sizes = {name: _image_size(self.image_paths[name]) for name in names}
@@ -201,23 +206,43 @@ class DatasetFolder:
             raise InputError(f"image '{name}' is not in {self.root / 'Image'}")
         return read_image(self.image_paths[name], self.wh)
 
+    def has_eyelid(self, name: str) -> bool:
+        return name in self.eyelid_paths
+
     def load_label(self, name: str) -> np.ndarray:
-        """``uint8 [H, W]`` in {0, 1} at the processing size; checked against its image size."""
-        cached = self._label_cache.get(name)
+        """Gland mask ``uint8 [H, W]`` in {0, 1} at the processing size; checked against its image size."""
+        return self._load_mask(name, "Label", self.label_paths)
+
+    def load_eyelid(self, name: str) -> np.ndarray:
+        """Eyelid mask ``uint8 [H, W]`` in {0, 1} (``Eyelid/<name>.png``, read like a gland mask)."""
+        return self._load_mask(name, EYELID_DIR, self.eyelid_paths)
+
+    def load_mask(self, name: str, target: str) -> np.ndarray:
+        """:meth:`load_label` (``target="gland"``) or :meth:`load_eyelid` (``"eyelid"``)."""
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        return self.load_label(name) if target == "gland" else self.load_eyelid(name)
+
+    def has_mask(self, name: str, target: str) -> bool:
+        return self.has_label(name) if target == "gland" else self.has_eyelid(name)
+
+    def _load_mask(self, name: str, folder: str, paths: dict[str, Path]) -> np.ndarray:
+        cached = self._mask_cache.get((folder, name))
         if cached is not None:
             return cached
-        if name not in self.label_paths:
-            raise InputError(f"image '{name}' has no label: {self.root / 'Label' / (name + '.png')} is missing")
-        path = self.label_paths[name]
+        if name not in paths:
+            raise InputError(f"image '{name}' has no {folder.lower()} mask: "
+                             f"{self.root / folder / (name + '.png')} is missing")
+        path = paths[name]
         raw = read_label(path)
         image_wh = _image_size(self.image_paths[name])
         if (raw.shape[1], raw.shape[0]) != image_wh:
-            raise InputError(f"{path}: label is {raw.shape[1]}x{raw.shape[0]} but its image "
+            raise InputError(f"{path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image "
                              f"{self.image_paths[name].name} is {image_wh[0]}x{image_wh[1]} (W x H); "
                              f"they must match")
         if (raw.shape[1], raw.shape[0]) != self.wh:
             raw = cv2.resize(raw, self.wh, interpolation=cv2.INTER_NEAREST)
-        self._label_cache[name] = raw
+        self._mask_cache[(folder, name)] = raw
         return raw
 
 

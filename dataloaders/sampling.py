@@ -54,9 +54,10 @@ class ImageCache:
         """Image ``[1, H, W]`` float32 in [0, 1]."""
         return torch.from_numpy(self.image(name))[None]
 
-    def label(self, name: str) -> torch.Tensor:
-        """One-hot label ``[2, H, W]`` float (reads ``Label/<name>.png`` on first use)."""
-        return one_hot(torch.from_numpy(self.folder.load_label(name)))
+    def label(self, name: str, target: str = "gland") -> torch.Tensor:
+        """One-hot mask ``[2, H, W]`` float of ``target`` (reads ``Label/<name>.png``, or
+        ``Eyelid/<name>.png`` for ``"eyelid"``, on first use)."""
+        return one_hot(torch.from_numpy(self.folder.load_mask(name, target)))
 
     def preload(self, names: Iterable[str]) -> None:
         for name in names:

@@ -116,20 +116,51 @@ class SegmentationTrainSet(IterationDataset):
         return item
 
 
-class SegmentationEvalSet(Dataset):
-    """Every image of the subjects once (val/test): ``"image"`` ``[1, H, W]``,
-    ``"label"`` one-hot ``[2, H, W]``, ``"name"``, ``"patient"``."""
+class MaskTrainSet(IterationDataset):
+    """Supervised training items of another target than the glands (the eyelid): item ``i``
+    (drawn with ``default_rng([seed, epoch, i])``) is a uniform training image that has a
+    mask of ``target``: ``"x_l"`` ``[1, H, W]``, ``"y_l"`` one-hot ``[2, H, W]``,
+    ``"atlas_name"``, ``"patient"``. Eyelid masks are a separate, cheap annotation: every
+    training image that has one may use it (gland labels stay Atlas-only)."""
 
-    def __init__(self, folder: DatasetFolder, subjects: Sequence[Subject]):
-        self.folder = folder
-        self.items = [(s.patient, name) for s in subjects for name in s.images]
+    def __init__(self, folder: DatasetFolder, subjects: Sequence[Subject], target: str, iterations: int, seed: int):
+        super().__init__(iterations, seed)
+        self.folder, self.target = folder, target
+        self.items = [(s.patient, n) for s in subjects for n in s.images if folder.has_mask(n, target)]
+        if not self.items:
+            raise InputError(f"no training image has a {target} mask in {folder.root}; add "
+                             f"{target.capitalize()}/<name>.png masks (see README.md)")
+        self.cache = ImageCache(folder)
+
+    def preload(self) -> "MaskTrainSet":
+        """Decode every image and mask this set can draw (before forking DataLoader workers)."""
+        self.cache.preload(name for _, name in self.items)
+        for _, name in self.items:
+            self.folder.load_mask(name, self.target)
+        return self
+
+    def __getitem__(self, index: int) -> dict:
+        patient, name = pick(self.rng(index), self.items)
+        return {"x_l": self.cache.tensor(name), "y_l": self.cache.label(name, self.target), "atlas_name": name,
+                "patient": patient}
+
+
+class SegmentationEvalSet(Dataset):
+    """Every image of the subjects once (val/test) that has a mask of ``target`` (every image
+    for the glands, which val and test must have): ``"image"`` ``[1, H, W]``, ``"label"``
+    one-hot ``[2, H, W]``, ``"name"``, ``"patient"``."""
+
+    def __init__(self, folder: DatasetFolder, subjects: Sequence[Subject], target: str = "gland"):
+        self.folder, self.target = folder, target
+        self.items = [(s.patient, name) for s in subjects for name in s.images
+                      if target == "gland" or folder.has_mask(name, target)]
         self.cache = ImageCache(folder)
 
     def preload(self) -> "SegmentationEvalSet":
-        """Decode every image and label (before forking DataLoader workers)."""
+        """Decode every image and mask (before forking DataLoader workers)."""
         self.cache.preload(name for _, name in self.items)
         for _, name in self.items:
-            self.folder.load_label(name)
+            self.folder.load_mask(name, self.target)
         return self
 
     def __len__(self) -> int:
@@ -137,5 +168,5 @@ class SegmentationEvalSet(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         patient, name = self.items[index]
-        return {"image": self.cache.tensor(name), "label": self.cache.label(name),
+        return {"image": self.cache.tensor(name), "label": self.cache.label(name, self.target),
                 "name": name, "patient": patient}

@@ -148,9 +148,9 @@ def test_images_of_different_sizes(data, capfd):
 def test_label_size_differs_from_image(data, capfd):
     bad = data / "Label" / "P4_0.png"
     cv2.imwrite(str(bad), np.zeros((30, 40), np.uint8))
-    with pytest.raises(InputError, match=r"P4_0\.png: label is 40x30 but its image P4_0\.png is 48x32"):
+    with pytest.raises(InputError, match=r"P4_0\.png: mask is 40x30 but its image P4_0\.png is 48x32"):
         DatasetFolder(data).load_label("P4_0")
-    assert "P4_0.png: label is 40x30" in cli_error(capfd, data)
+    assert "P4_0.png: mask is 40x30" in cli_error(capfd, data)
 
 
 def test_multiclass_label_is_rejected(data, capfd):

@@ -63,7 +63,9 @@ def interrupted_at(call: int):
 
 def test_every_method_is_registered():
     assert set(METHODS) == {"ss-mgs", "supervised", "mean-teacher", "ua-mt", "cps", "bcp", "unimatch"}
-    assert build_parser().parse_args(["--data-dir", "x"]).method == "ss-mgs"
+    args = build_parser().parse_args(["--data-dir", "x"])
+    check_args(args)
+    assert args.method == "ss-mgs"
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

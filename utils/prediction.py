@@ -1,8 +1,15 @@
 """Segmenting new images with one fold's model or an ensemble of folds (``--mode predict``).
 
-The ensemble's gland probability is the mean of the folds' softmax probabilities,
-each computed at the size its model was trained at (``--resize`` of its training
-run, else the image's own) and resized back bilinearly; the mask is that mean > 0.5.
+The ensemble's probability is the mean of the folds' softmax probabilities, each
+computed at the size its model was trained at (``--resize`` of its training run, else
+the image's own) and resized back bilinearly; the mask is that mean > 0.5. With
+eyelid models (``--eyelid-exp``) the eyelid is segmented the same way, and the clinical
+measures of :mod:`utils.gland_measures` are computed from the two masks.
+
+Outputs of :func:`predict_folder` in ``OUT_DIR``: ``masks/<name>.png`` (glands, 0/255),
+``eyelid_masks/<name>.png`` (with eyelid models), ``overlays/<name>.png`` (glands
+tinted, eyelid outline, centre lines and gland numbers), ``gland_area.csv``,
+``glands.csv`` (one row per gland) and ``images.csv`` (one row per image).
 """
 from __future__ import annotations
 
@@ -14,9 +21,17 @@ import cv2
 import numpy as np
 import torch
 
+from tqdm import tqdm
+
+from dataloaders.dataset import read_image
 from networks.segmentation_net import SegmentationNet
+from utils.errors import InputError
 from utils.evaluation import segment_probabilities
+from utils.files import write_csv, write_png
+from utils.gland_measures import GLAND_COLUMNS, IMAGE_COLUMNS, measure_image
+from utils.gland_overlay import draw_gland_overlay
 from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
+from utils.visualise import overlay_mask
 
 
 @dataclass
@@ -26,6 +41,7 @@ class FoldModel:
     net: torch.nn.Module
     resize: tuple[int, int] | None
     path: Path
+    target: str = "gland"
 
 
 def load_fold_models(runs_dir: str | Path, exp: str, folds: Sequence[int], device: torch.device,
@@ -35,14 +51,16 @@ def load_fold_models(runs_dir: str | Path, exp: str, folds: Sequence[int], devic
     for k in folds:
         path = Path(checkpoint) if checkpoint else find_best_checkpoint(run_dir_for(runs_dir, exp, k), hint=hint)
         net, state = load_network(path, SegmentationNet(), device)
-        resize = (state.get("args") or {}).get("resize")
-        models.append(FoldModel(net, tuple(resize) if resize else None, path))
+        trained = state.get("args") or {}
+        resize = trained.get("resize")
+        models.append(FoldModel(net, tuple(resize) if resize else None, path, trained.get("target", "gland")))
     return models
 
 
 def gland_probability(models: Sequence[FoldModel], image: np.ndarray, device: torch.device,
                       amp: bool = False) -> np.ndarray:
-    """Mean gland probability ``float64 [H, W]`` of ``models`` on ``image`` (``float32 [H, W]``)."""
+    """Mean foreground probability ``float64 [H, W]`` of ``models`` on ``image`` (``float32 [H, W]``):
+    glands, or the eyelid for eyelid models."""
     height, width = image.shape
     total = np.zeros((height, width), np.float64)
     for model in models:
@@ -53,3 +71,36 @@ def gland_probability(models: Sequence[FoldModel], image: np.ndarray, device: to
             gland = cv2.resize(gland, (width, height), interpolation=cv2.INTER_LINEAR)
         total += gland / len(models)
     return total
+
+
+def check_targets(models: Sequence[FoldModel], target: str, flag: str) -> None:
+    """Every model must segment ``target`` (a gland model given as ``--eyelid-exp`` is an error)."""
+    wrong = [m.path for m in models if m.target != target]
+    if wrong:
+        raise InputError(f"{flag}: {wrong[0]} segments {target == 'gland' and 'the eyelid' or 'glands'}, not "
+                         f"the {target}; pass an experiment trained with --target {target}")
+
+
+def predict_folder(files: Sequence[Path], out_dir: Path, models: Sequence[FoldModel],
+                   eyelid_models: Sequence[FoldModel], device: torch.device, amp: bool = False,
+                   pixel_size: float = 1.0, progress: bool = True) -> int:
+    """Segment ``files`` and write the outputs listed in the module docstring; returns the count."""
+    area_rows, gland_rows, image_rows = [], [], []
+    for path in tqdm(files, desc="predict", disable=not progress):
+        image = read_image(path)
+        mask = gland_probability(models, image, device, amp) > 0.5
+        eyelid = gland_probability(eyelid_models, image, device, amp) > 0.5 if eyelid_models else None
+        measures = measure_image(mask, eyelid, pixel_size=pixel_size)
+        write_png(out_dir / "masks" / f"{path.stem}.png", mask.astype(np.uint8) * 255)
+        if eyelid is not None:
+            write_png(out_dir / "eyelid_masks" / f"{path.stem}.png", eyelid.astype(np.uint8) * 255)
+        overlay = draw_gland_overlay(overlay_mask(image, mask, alpha=0.35), measures.glands, eyelid)
+        write_png(out_dir / "overlays" / f"{path.stem}.png", overlay[:, :, ::-1])
+        area_rows.append({"name": path.stem, "height": image.shape[0], "width": image.shape[1],
+                          "gland_pixels": int(mask.sum()), "gland_fraction": float(mask.mean())})
+        gland_rows += [gland.row(path.stem) for gland in measures.glands]
+        image_rows.append(measures.row(path.stem))
+    write_csv(out_dir / "gland_area.csv", area_rows, ["name", "height", "width", "gland_pixels", "gland_fraction"])
+    write_csv(out_dir / "glands.csv", gland_rows, GLAND_COLUMNS)
+    write_csv(out_dir / "images.csv", image_rows, IMAGE_COLUMNS)
+    return len(area_rows)

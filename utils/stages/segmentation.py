@@ -16,8 +16,10 @@ from typing import Any, Iterable
 import torch
 
 from dataloaders.fold_data import FoldData
-from dataloaders.segmentation_data import SegmentationEvalSet, SegmentationTrainSet
+from dataloaders.dataset import TARGETS
+from dataloaders.segmentation_data import MaskTrainSet, SegmentationEvalSet, SegmentationTrainSet
 from networks.segmentation_net import SegmentationNet
+from utils.errors import InputError
 from utils.evaluation import evaluate_segmentation
 from utils.metrics import summarise
 from utils.onehot import class_index
@@ -36,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta-min", type=float, default=1e-4, help="cosine schedule floor lr (default: 1e-4)")
     parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                         help="mixed precision: auto = on with CUDA only (default: auto)")
+    parser.add_argument("--target", default="gland", choices=TARGETS,
+                        help="what to segment: gland (Label/ masks, Atlas images only, default) or eyelid "
+                             "(Eyelid/ masks of every training image that has one; supervised only)")
 
 
 def split_outputs(outputs: dict[str, torch.Tensor], groups: dict[str, torch.Tensor]) -> dict[str, dict]:
@@ -88,10 +93,18 @@ class SegmentationStage(Stage):
     def __init__(self, args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> None:
         self.device, self.fold, self.progress = device, k, not args.no_progress
         self.amp = use_amp(args.amp, device)
-        self.train_set = SegmentationTrainSet(data.folder, data.fold.train, data.prealign,
-                                              args.iters * args.batch_size, args.seed + k,
-                                              pool_views=self.pool_views).preload()
-        self.val_set = SegmentationEvalSet(data.folder, data.fold.val).preload()
+        self.target = args.target
+        if self.target == "gland":
+            self.train_set = SegmentationTrainSet(data.folder, data.fold.train, data.prealign,
+                                                  args.iters * args.batch_size, args.seed + k,
+                                                  pool_views=self.pool_views).preload()
+        else:
+            self.train_set = MaskTrainSet(data.folder, data.fold.train, self.target, args.iters * args.batch_size,
+                                          args.seed + k).preload()
+        self.val_set = SegmentationEvalSet(data.folder, data.fold.val, self.target).preload()
+        if len(self.val_set) == 0:
+            raise InputError(f"fold {k}: no val image has a {self.target} mask, so nothing can be validated; "
+                             f"add {self.target.capitalize()}/ masks for the val patients")
         self.build_before_network(args, k, data)
         self.net = SegmentationNet().to(device)
         self.optimizer, self.scheduler = self.make_optimizer(self.net.parameters(), args)

@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(and, for the baselines, their public code; see README).")
     add_common_args(parser, exp_default="SEG")
     add_training_args(parser, epochs=50, iters=200, lr=1e-3)
-    parser.add_argument("--method", default="ss-mgs", choices=list(METHODS), metavar="METHOD",
-                        help=f"training method (default: ss-mgs). {methods}")
+    parser.add_argument("--method", default=None, choices=list(METHODS), metavar="METHOD",
+                        help=f"training method (default: ss-mgs; supervised with --target eyelid). {methods}")
     segmentation.add_arguments(parser)
     group = parser.add_argument_group("ss-mgs (and its ablations)")
     ss_mgs.add_arguments(group)
@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """One-line InputError for unusable values."""
+    """One-line InputError for unusable values; resolves the default ``--method``."""
+    if args.method is None:
+        args.method = "supervised" if args.target == "eyelid" else "ss-mgs"
+    if args.target == "eyelid" and args.method != "supervised":
+        raise InputError(f"--target eyelid trains the supervised segmenter only; drop --method {args.method} "
+                         f"or use --method supervised")
     check_training_args(args, "temperature", "negatives", "t_max", "uncertainty_passes")
     for name in ("ema_decay", "bcp_box", "unimatch_threshold", "bcp_pretrain", "consistency_start"):
         value = getattr(args, name)
