@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
     ("bench_methods.py", ["--height", "32", "--width", "64", "--iters", "1", "--threads", "1",
                           "--methods", "supervised", "unimatch"],
      ["s/iter", "supervised", "unimatch", "target on CPU"]),
+    ("bench_schedule.py", ["--patients", "7", "--size", "64", "32", "--epochs", "1", "--iters", "1", "--workers", "0",
+                           "--device", "cpu"],
+     ["full schedule, 1 fold", "registration", "ss-mgs", "supervised", "five-fold schedule"]),
+    ("bench_gland_measures.py", ["--repeats", "1", "--height", "128", "--width", "256", "--glands", "8"], ["s"]),
     ("bench_prealign.py", ["--patients", "2", "--images", "2", "--size", "96", "48", "--workers", "1"],
      ["pairs"]),
 ])
