@@ -28,7 +28,6 @@ from dataloaders.dataset import IMAGE_EXTS, DatasetFolder, parse_folds
 from dataloaders.fold_data import open_fold
 from dataloaders.registration_data import RegistrationPairSet
 from dataloaders.segmentation_data import SegmentationEvalSet
-from networks.registration_net import RegistrationNet
 from networks.segmentation_net import SegmentationNet
 from utils.agreement import agreement_table
 from utils.cli import add_common_args

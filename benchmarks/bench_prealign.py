@@ -105,13 +105,13 @@ def true_map(data: dict, fixed: int, moving: int, size: tuple[int, int]) -> np.n
     """Moving-image pixel ``[2, h, w]`` (x, y) shown at each fixed-image grid point ``p``.
 
     Pure affines: ``A_moving^-1 A_fixed p``. Demo patients also undo the elastic fields
-    (``make_demo_data.pair_maps``, evaluated on the grid only)."""
+    (``demo_geometry.pair_maps``, evaluated on the grid only)."""
     width, height = size
     ys, xs = np.mgrid[0:height:STEP, 0:width:STEP].astype(np.float64)
     if "fields" not in data:
         m = np.linalg.solve(homogeneous(data["matrices"][moving]), homogeneous(data["matrices"][fixed]))
         return np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2], m[1, 0] * xs + m[1, 1] * ys + m[1, 2]])
-    from utils.make_demo_data import canonical_to_view, view_to_canonical
+    from utils.demo_geometry import canonical_to_view, view_to_canonical
     sx, sy = view_to_canonical(data["matrices"][fixed], data["fields"][fixed])
     mx, my = canonical_to_view(data["matrices"][moving], data["fields"][moving],
                                sx[::STEP, ::STEP], sy[::STEP, ::STEP])

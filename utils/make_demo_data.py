@@ -1,32 +1,52 @@
-"""Synthetic infrared meibography of the upper eyelid, for demos and tests.
+"""Synthetic infrared meibography of the everted upper eyelid, for demos and tests.
 
     python -m utils.make_demo_data DATA_DIR [--patients P] [--images-per-patient N]
-                                   [--size W H] [--seed S] [--overwrite]
+                                   [--size W H] [--seed S] [--style realistic|simple]
+                                   [--dropout LO HI] [--overwrite]
 
-writes ``DATA_DIR/Image/P###_k.png`` (8-bit gray) and ``DATA_DIR/Label/P###_k.png``
-(0 = background, 255 = gland), patients ``P001..`` and images ``_1..``.
+writes ``DATA_DIR/Image/P###_k.png`` (8-bit gray), ``DATA_DIR/Label/P###_k.png`` (glands:
+0 = background, 255 = gland) and ``DATA_DIR/Eyelid/P###_k.png`` (eyelid mask, 0/255), patients
+``P001..`` and images ``_1..``; the realistic style also writes ``DATA_DIR/dropout.csv``
+(``name,dropout,meiboscore``, one row per image).
 
-Each patient has ONE anatomy (the *canonical* image): a dark background, the
-everted lid as a brighter curved band and 15-30 bright, roughly vertical,
-slightly tortuous glands of varying length and width inside it (some shortened,
-some missing). It is rendered at twice the resolution on a canvas a margin larger
-than the frame, then area-downsampled. Every image of the patient is that
-anatomy seen through its own smooth deformation (an affine map, then a small
-elastic field) under its own illumination (gain, gamma, offset, vignetting,
-gradient, noise, specular highlights). Image and mask are warped with the same
-map (image bilinear; mask: the soft coverage mask bilinear, thresholded at 0.5).
+Each patient has ONE anatomy (the *canonical* image), rendered at twice the resolution on
+a canvas a margin larger than the frame, then area-downsampled. Every image of the patient
+is that anatomy seen through its own smooth deformation (an affine map, then an elastic
+field) under its own acquisition. Image and masks are warped with the same map (image
+bilinear; masks: the soft coverage bilinear, thresholded at 0.5).
 
-Geometry of image ``k`` (size ``W x H``; ``A_k`` = ``matrices[k]``, 2x3, OpenCV
-inverse-map convention; ``e_k`` = ``fields[k]``, ``[2, H, W]`` pixels, channel 0 =
-row, 1 = column)::
+Styles:
+
+- ``simple``: a dark background, the lid as a brighter curved band and 15-30 bright,
+  roughly vertical glands inside it (lid margin at the band's bottom edge; some shortened,
+  some missing); per image gain, gamma, vignetting, noise and a few highlights. The eyelid
+  mask is the band. Unchanged from the first version of this module for a seed and size.
+- ``realistic`` (default; :mod:`utils.demo_realistic`): the tarsal plate of an everted
+  upper lid (lid margin at its top edge) with 20-30 long glands of low, uneven contrast
+  running from the margin to near the far edge, lobulated and tortuous, on a textured
+  plate with faint vessels; skin with wrinkles and pores and eyelashes above the margin,
+  the dark eye below; specular glints along the margin. Each patient gets a dropout level
+  (patient ``i`` by default from ``GRADE_RANGES[(i - 1) % 4]``: none, mild, moderate,
+  severe): glands are removed or shortened over contiguous spans of the lid. Per image:
+  exposure, vignetting, varying defocus, sometimes motion blur, noise, sometimes an
+  examiner's fingertip or a cotton swab (left out of the eyelid and gland masks), and for
+  some patients on-screen text in a corner; deformations are larger and more local than
+  the simple style's. The eyelid mask is the tarsal plate ``E``; ``dropout`` is the
+  geometric truth ``1 - |R & E| / |E|`` on the image's pixels, ``R`` the gland-bearing
+  strips (see :mod:`utils.demo_realistic`), and ``meiboscore`` its Arita grade
+  (:func:`utils.gland_measures.meiboscore`).
+
+Geometry of image ``k`` (both styles; size ``W x H``; ``A_k`` = ``matrices[k]``, 2x3, OpenCV
+inverse-map convention; ``e_k`` = ``fields[k]``, ``[2, H, W]`` pixels, channel 0 = row,
+1 = column)::
 
     image_k(p) = canonical(A_k @ (p + e_k(p), 1))
 
 i.e. with the project's spatial transformer, ``image_k ~ warp(canonical,
-compose(e_k, field_from_affine(A_k, (H, W))))``. :func:`view_to_canonical` and
-:func:`pair_maps` turn these into ``cv2.remap`` coordinate maps.
+compose(e_k, field_from_affine(A_k, (H, W))))``. :mod:`utils.demo_geometry` turns these
+into ``cv2.remap`` coordinate maps (``view_to_canonical``, ``pair_maps``).
 
-Output is a deterministic function of the seed and the patient number (patient
+Output is a deterministic function of the seed, the style and the patient number (patient
 ``i`` does not depend on how many patients are generated).
 """
 from __future__ import annotations
@@ -37,23 +57,27 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.demo_realistic import GRADE_RANGES, generate_realistic_patient
+from utils.demo_simple import generate_simple_patient
 from utils.errors import InputError, run_cli
+from utils.files import write_csv, write_png
+from utils.gland_measures import meiboscore
 
 DEFAULT_PATIENTS = 12
 DEFAULT_IMAGES_PER_PATIENT = 4
 DEFAULT_SIZE = (256, 128)  # (W, H)
 DEFAULT_SEED = 0
 MIN_SIDE, MAX_SIDE = 32, 8192
-SUPERSAMPLE = 2          # canonical anatomy is drawn at this factor, then area-downsampled
-MARGIN = 0.12            # canvas margin around the frame, as a fraction of max(W, H)
 DEMO_FILE = re.compile(r"P\d{3,}_\d+\.png")
+STYLES = ("realistic", "simple")
+DEFAULT_STYLE = "realistic"
+DROPOUT_CSV = "dropout.csv"
 
 # ---------------------------------------------------------------------------------------------
-# small numeric helpers
+# names
 
 
 def demo_name(patient: int, image: int) -> str:
@@ -61,342 +85,41 @@ def demo_name(patient: int, image: int) -> str:
     return f"P{patient:03d}_{image}"
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int],
-                  cells: tuple[float, float]) -> np.ndarray:
-    """Zero-mean, unit-std smooth random field ``float32 shape`` from a ``cells`` (rows, cols)
-    grid of normal values: upsampled bicubically to 8 px per cell, Gaussian-blurred there
-    (removes the grid), then resized to ``shape``."""
-    height, width = shape
-    rows, cols = max(2, int(round(cells[0]))), max(2, int(round(cells[1])))
-    coarse = rng.standard_normal((rows, cols), dtype=np.float32)
-    mid = (min(width, 8 * cols), min(height, 8 * rows))
-    field = cv2.resize(coarse, mid, interpolation=cv2.INTER_CUBIC)
-    sigma = 0.35 * min(mid[1] / rows, mid[0] / cols)
-    field = cv2.GaussianBlur(field, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    if mid != (width, height):
-        field = cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC)
-    field -= field.mean()
-    std = float(field.std())
-    return field / std if std > 1e-8 else field
-
-
-def _to_fixed(points: np.ndarray, shift: int = 4) -> np.ndarray:
-    """Float (x, y) points ``[N, 2]`` -> int32 for cv2 drawing with ``shift`` fractional bits."""
-    return np.round(points * (1 << shift)).astype(np.int32)
-
-
-def _homogeneous(matrix: np.ndarray) -> np.ndarray:
-    return np.vstack([np.asarray(matrix, dtype=np.float64), [0.0, 0.0, 1.0]])
-
-
-# ---------------------------------------------------------------------------------------------
-# canonical anatomy
-
-
-class _Canvas:
-    """The canonical frame (``W x H``) plus a margin, drawn at ``SUPERSAMPLE`` x resolution.
-
-    Canonical point ``(x, y)`` is canvas pixel ``(x + mx, y + my)`` at 1x and
-    ``(SUPERSAMPLE * (x + mx) + (SUPERSAMPLE - 1) / 2, ...)`` at the drawing
-    resolution (pixel centres of an area downsampling).
-    """
-
-    def __init__(self, size: tuple[int, int]):
-        self.width, self.height = size
-        self.mx = self.my = int(np.ceil(MARGIN * max(size)))
-        self.shape1 = (self.height + 2 * self.my, self.width + 2 * self.mx)
-        self.shape2 = (SUPERSAMPLE * self.shape1[0], SUPERSAMPLE * self.shape1[1])
-
-    def to_draw(self, points: np.ndarray) -> np.ndarray:
-        """Canonical (x, y) ``[N, 2]`` -> drawing-resolution canvas coordinates."""
-        offset = np.array([self.mx, self.my], dtype=np.float64)
-        return SUPERSAMPLE * (points + offset) + (SUPERSAMPLE - 1) / 2.0
-
-    def down(self, image2: np.ndarray) -> np.ndarray:
-        """Drawing resolution -> 1x canvas (area average), float32."""
-        return cv2.resize(image2.astype(np.float32), (self.shape1[1], self.shape1[0]),
-                          interpolation=cv2.INTER_AREA)
-
-    def crop(self, canvas1: np.ndarray) -> np.ndarray:
-        """1x canvas -> the canonical frame ``[H, W]``."""
-        return canvas1[self.my:self.my + self.height, self.mx:self.mx + self.width]
-
-
-class _Band:
-    """The everted lid: a curved lens-shaped band ``top(x) <= y <= bottom(x)`` for
-    ``|x - cx| <= half``. The lid margin (where glands open) is the bottom edge."""
-
-    def __init__(self, rng: np.random.Generator, width: int, height: int):
-        self.cx = width * (0.5 + rng.uniform(-0.04, 0.04))
-        self.half = width * rng.uniform(0.40, 0.46)
-        self.cy = height * (0.5 + rng.uniform(-0.05, 0.05))
-        self.thick = height * rng.uniform(0.46, 0.60)
-        self.bend = height * rng.uniform(0.06, 0.14) * rng.choice([-1.0, 1.0])
-
-    def u(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, dtype=np.float64) - self.cx) / self.half
-
-    def centre(self, x: np.ndarray) -> np.ndarray:
-        return self.cy + self.bend * (self.u(x) ** 2 - 1.0 / 3.0)
-
-    def half_thickness(self, x: np.ndarray) -> np.ndarray:
-        return 0.5 * self.thick * np.sqrt(np.clip(1.0 - self.u(x) ** 6, 0.0, 1.0))
-
-    def slope(self, x: np.ndarray) -> np.ndarray:
-        return 2.0 * self.bend * self.u(x) / self.half
-
-    def outline(self, inset: float = 0.0, samples: int = 200) -> np.ndarray:
-        """Closed polygon (x, y) ``[2 * samples, 2]`` in canonical coordinates; ``inset`` > 0
-        pulls the edges in by about that many pixels."""
-        ends = 1.0 - inset / self.half
-        xs = self.cx + self.half * ends * np.linspace(-1.0, 1.0, samples)
-        half = np.maximum(self.half_thickness(xs) - inset, 0.0)
-        top = np.stack([xs, self.centre(xs) - half], axis=1)
-        bottom = np.stack([xs, self.centre(xs) + half], axis=1)
-        return np.concatenate([top, bottom[::-1]], axis=0)
-
-
-def _gland_polygon(rng: np.random.Generator, base: np.ndarray, up: np.ndarray, length: float,
-                   radius: float, wiggle: float) -> tuple[np.ndarray, np.ndarray]:
-    """One tortuous gland: closed outline ``[2n, 2]`` and centreline ``[n, 2]`` (canonical x, y).
-
-    ``base``: the end at the lid margin; ``up``: unit direction into the lid; the tube
-    narrows towards its far end and its width ripples slightly along it."""
-    steps = max(12, int(length / 1.5))
-    t = np.linspace(0.0, 1.0, steps)
-    side = np.array([-up[1], up[0]])
-    lateral = np.zeros_like(t)
-    for _ in range(2):
-        lateral += wiggle * rng.uniform(0.3, 1.0) * np.sin(
-            2 * np.pi * rng.uniform(0.5, 2.2) * t + rng.uniform(0, 2 * np.pi))
-    centre = base + np.outer(t * length, up) + np.outer(lateral, side)
-    tangent = np.gradient(centre, axis=0)
-    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True) + 1e-12
-    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
-    ripple = 1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(1.0, 3.0) * t + rng.uniform(0, 2 * np.pi))
-    r = radius * ripple * (1.0 - 0.35 * t ** 2)
-    outline = np.concatenate([centre + normal * r[:, None], (centre - normal * r[:, None])[::-1]])
-    return outline, centre
-
-
-def _render_anatomy(rng: np.random.Generator, size: tuple[int, int]):
-    """Render one patient's anatomy on the 1x canvas.
-
-    Returns ``(canvas, image, gland_soft, lid_soft)``: ``image`` float32 in [0, 1]
-    (illumination-free), ``gland_soft`` / ``lid_soft`` float32 coverage in [0, 1];
-    all ``canvas.shape1``.
-    """
-    width, height = size
-    canvas = _Canvas(size)
-    band = _Band(rng, width, height)
-    h1, w1 = canvas.shape1
-
-    # lid band: hard coverage mask (for the label region) and a soft-edged brightness
-    lid2 = np.zeros(canvas.shape2, np.uint8)
-    cv2.fillPoly(lid2, [_to_fixed(canvas.to_draw(band.outline()))], 255, cv2.LINE_AA, shift=4)
-    inner2 = np.zeros(canvas.shape2, np.uint8)          # where glands may lie
-    cv2.fillPoly(inner2, [_to_fixed(canvas.to_draw(band.outline(inset=0.035 * height)))], 255,
-                 cv2.LINE_AA, shift=4)
-
-    # glands: evenly spaced slots along the lid, jittered; some shortened, some dropped
-    n_slots = int(rng.integers(15, 31))
-    u_slots = np.linspace(-0.88, 0.88, n_slots)
-    spacing = band.half * 1.76 / max(n_slots - 1, 1)
-    u_slots = u_slots + rng.uniform(-0.12, 0.12, n_slots) * (spacing / band.half)
-    mask2 = np.zeros(canvas.shape2, np.uint8)
-    value2 = np.zeros(canvas.shape2, np.uint8)
-    radii = []
-    for u in u_slots:
-        kind = rng.uniform()
-        if kind < 0.08:                       # dropped out
-            continue
-        x0 = band.cx + u * band.half
-        half = float(band.half_thickness(x0))
-        slope = float(band.slope(x0))
-        up = np.array([slope, -1.0]) / np.hypot(slope, 1.0)   # normal to the lid, pointing up
-        margin_y = float(band.centre(x0)) + half
-        base = np.array([x0, margin_y]) + up * (0.08 * 2 * half)
-        reach = 2 * half * 0.88
-        frac = rng.uniform(0.2, 0.45) if kind < 0.22 else rng.uniform(0.65, 1.0)
-        radius = spacing * rng.uniform(0.20, 0.31) * (0.75 if kind < 0.22 else 1.0)
-        outline, centre = _gland_polygon(rng, base, up, frac * reach, radius, 0.10 * spacing)
-        radii.append(radius)
-        pts = _to_fixed(canvas.to_draw(outline))
-        bright = int(round(255 * rng.uniform(0.55, 1.0)))
-        cv2.fillPoly(mask2, [pts], 255, cv2.LINE_AA, shift=4)
-        cv2.fillPoly(value2, [pts], bright, cv2.LINE_AA, shift=4)
-        ends = canvas.to_draw(centre[[0]])                  # rounded cap at the margin end
-        cv2.circle(mask2, tuple(_to_fixed(ends)[0]), int(round(radius * SUPERSAMPLE * 16)),
-                   255, -1, cv2.LINE_AA, shift=4)
-        cv2.circle(value2, tuple(_to_fixed(ends)[0]), int(round(radius * SUPERSAMPLE * 16)),
-                   bright, -1, cv2.LINE_AA, shift=4)
-    inside = inner2.astype(np.float32) / 255.0
-    gland_soft = canvas.down(mask2.astype(np.float32) / 255.0 * inside)
-    gland_value = canvas.down(value2.astype(np.float32) / 255.0 * inside)
-    lid_soft = canvas.down(lid2.astype(np.float32) / 255.0)
-
-    # shading: background < lid < glands, each with its own texture
-    mean_r = float(np.mean(radii)) if radii else 1.0
-    lid_edge = cv2.GaussianBlur(lid_soft, (0, 0), 0.02 * height + 0.5)
-    tube = cv2.GaussianBlur(gland_value, (0, 0), 0.3 * mean_r + 0.3)
-    acini = _smooth_noise(rng, (h1, w1), (h1 / max(2 * mean_r, 2.0), w1 / max(2 * mean_r, 2.0)))
-    bg = rng.uniform(0.08, 0.16) * (1.0 + 0.25 * _smooth_noise(rng, (h1, w1), (3, 6)))
-    lid_level = rng.uniform(0.30, 0.40) * (1.0 + 0.10 * _smooth_noise(rng, (h1, w1), (4, 10))
-                                           + 0.05 * _smooth_noise(rng, (h1, w1), (h1 / 6, w1 / 6)))
-    gland_gain = rng.uniform(0.28, 0.38)
-    image = bg + (lid_level - bg) * lid_edge + gland_gain * tube * (1.0 + 0.15 * acini)
-    image += 0.012 * rng.standard_normal((h1, w1), dtype=np.float32)   # fixed fine texture
-    return canvas, np.clip(image, 0.0, 1.0).astype(np.float32), gland_soft, lid_soft
-
-
-# ---------------------------------------------------------------------------------------------
-# per-image geometry and illumination
-
-
-def random_affine(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """A random 2x3 affine (inverse-map convention: frame pixel -> canonical point) about the
-    frame centre: rotation +-4 deg, scale 0.95..1.05 (+-2 % anisotropy), shear +-0.03,
-    shift +-3 % of each side."""
-    width, height = size
-    angle = np.deg2rad(rng.uniform(-4.0, 4.0))
-    scale = rng.uniform(0.95, 1.05)
-    aniso = rng.uniform(-0.02, 0.02)
-    shear = rng.uniform(-0.03, 0.03)
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    linear = rot @ np.array([[scale * (1 + aniso), shear], [0.0, scale * (1 - aniso)]])
-    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
-    shift = rng.uniform(-0.03, 0.03, 2) * np.array([width, height])
-    offset = centre + shift - linear @ centre
-    return np.hstack([linear, offset[:, None]]).astype(np.float64)
-
-
-def random_elastic_field(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """A smooth random displacement field ``float32 [2, H, W]`` (pixels; channel 0 = row,
-    1 = column): a coarse normal grid upsampled and blurred, RMS about
-    ``0.008 * sqrt(W * H)`` pixels per component (about 1.5 px at 256 x 128, 4 px at 740 x 350)."""
-    width, height = size
-    rms = float(0.008 * np.sqrt(width * height))
-    cells = (3, max(3, int(round(3 * width / height))))
-    return np.stack([rms * _smooth_noise(rng, (height, width), cells) for _ in range(2)]).astype(
-        np.float32)
-
-
-def view_to_canonical(matrix: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical coordinates ``(map_x, map_y)`` (float32 ``[H, W]``) seen by each pixel
-    ``p`` of a view: ``A @ (p + e(p), 1)``; use with ``cv2.remap(canonical, map_x, map_y)``."""
-    height, width = field.shape[1:]
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    qx, qy = xs + field[1], ys + field[0]
-    a = np.asarray(matrix, dtype=np.float64)
-    map_x = a[0, 0] * qx + a[0, 1] * qy + a[0, 2]
-    map_y = a[1, 0] * qx + a[1, 1] * qy + a[1, 2]
-    return map_x.astype(np.float32), map_y.astype(np.float32)
-
-
-def canonical_to_view(matrix: np.ndarray, field: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
-                      iterations: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """Invert :func:`view_to_canonical`: the view pixel showing canonical point
-    ``(map_x, map_y)`` (any shape), by fixed-point iteration ``q <- A^-1 s - e(q)``."""
-    inv = np.linalg.inv(_homogeneous(matrix))[:2]
-    rx = inv[0, 0] * map_x + inv[0, 1] * map_y + inv[0, 2]
-    ry = inv[1, 0] * map_x + inv[1, 1] * map_y + inv[1, 2]
-    rx, ry = rx.astype(np.float32), ry.astype(np.float32)
-    field = np.asarray(field, dtype=np.float32)
-    qx, qy = rx.copy(), ry.copy()
-    for _ in range(iterations):
-        ex = cv2.remap(field[1], qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        ey = cv2.remap(field[0], qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        qx, qy = rx - ex, ry - ey
-    return qx, qy
-
-
-def pair_maps(patient: dict, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Maps ``(map_x, map_y)`` float32 ``[H, W]`` with
-    ``cv2.remap(patient["images"][j], map_x, map_y, ...) ~ patient["images"][i]``
-    (anatomy of image ``j`` carried into image ``i``'s frame)."""
-    sx, sy = view_to_canonical(patient["matrices"][i], patient["fields"][i])
-    return canonical_to_view(patient["matrices"][j], patient["fields"][j], sx, sy)
-
-
-def relative_affine(matrices: Sequence[np.ndarray], i: int, j: int) -> np.ndarray:
-    """The affine part of :func:`pair_maps`: 2x3 ``M`` (inverse-map convention) with
-    ``cv2.warpAffine(image_j, M, (W, H), flags=WARP_INVERSE_MAP) ~ image_i`` up to the
-    elastic fields. ``M = A_j^-1 A_i``."""
-    return (np.linalg.inv(_homogeneous(matrices[j])) @ _homogeneous(matrices[i]))[:2]
-
-
-def _illuminate(rng: np.random.Generator, image: np.ndarray, lid: np.ndarray) -> np.ndarray:
-    """Per-image acquisition: gamma, gain, offset, vignetting, a linear gradient, specular
-    highlights (mostly on the lid), sensor noise. float32 ``[H, W]`` in [0, 1]."""
-    height, width = image.shape
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    cx = width * (0.5 + rng.uniform(-0.1, 0.1))
-    cy = height * (0.5 + rng.uniform(-0.1, 0.1))
-    radial = ((xs - cx) / (0.6 * width)) ** 2 + ((ys - cy) / (0.6 * height)) ** 2
-    vignette = 1.0 - rng.uniform(0.10, 0.35) * radial
-    gradient = 1.0 + rng.uniform(-0.10, 0.10) * (xs / width - 0.5) + rng.uniform(-0.06, 0.06) * (
-        ys / height - 0.5)
-    out = rng.uniform(0.85, 1.15) * np.power(image, rng.uniform(0.8, 1.25)) * vignette * gradient
-    out += rng.uniform(-0.03, 0.03)
-    spots = np.zeros_like(out)
-    candidates = np.argwhere(lid > 0.5)
-    for _ in range(int(rng.integers(1, 5))):
-        if len(candidates) and rng.uniform() < 0.8:
-            y, x = candidates[rng.integers(len(candidates))]
-        else:
-            y, x = rng.uniform(0, height), rng.uniform(0, width)
-        axes = np.sqrt(width * height) * rng.uniform(0.004, 0.012, 2) * np.array([2.0, 1.0])
-        angle = rng.uniform(0, 180)
-        cv2.ellipse(spots, ((float(x), float(y)), tuple(float(a) * 2 for a in axes), float(angle)),
-                    float(rng.uniform(0.5, 0.9)), -1, cv2.LINE_AA)
-    out += cv2.GaussianBlur(spots, (0, 0), 0.6)
-    out += rng.uniform(0.008, 0.025) * rng.standard_normal(out.shape, dtype=np.float32)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------
 # public API
 
 
 def generate_patient(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE,
-                     images_per_patient: int = DEFAULT_IMAGES_PER_PATIENT) -> dict:
-    """One synthetic patient, in memory. ``size`` is ``(W, H)``.
+                     images_per_patient: int = DEFAULT_IMAGES_PER_PATIENT,
+                     style: str = DEFAULT_STYLE,
+                     dropout_range: tuple[float, float] | None = None) -> dict:
+    """One synthetic patient, in memory. ``size`` is ``(W, H)``; ``style`` is ``"realistic"``
+    or ``"simple"``; ``dropout_range`` (realistic only): the patient's dropout level is drawn
+    uniformly from it (``None``: a random grade, then a level within it).
 
     Returns a dict (lists have one entry per image, ``H x W`` arrays):
 
     - ``"images"``: float32 ``[H, W]`` in [0, 1] (what is saved, before 8-bit rounding);
     - ``"masks"``: uint8 ``[H, W]`` in {0, 1}, the glands;
-    - ``"lid_masks"``: uint8 ``[H, W]`` in {0, 1}, the lid band;
+    - ``"lid_masks"``: uint8 ``[H, W]`` in {0, 1}, the eyelid mask (simple: the lid band;
+      realistic: the tarsal plate where the glands lie, less any occluder);
     - ``"matrices"``: 2x3 float64 ``A_k`` (frame pixel -> canonical point, OpenCV inverse-map
       convention); ``"fields"``: float32 ``[2, H, W]`` elastic fields ``e_k`` (pixels,
       channel 0 = row). Image k is ``canonical(A_k @ (p + e_k(p)))``, see the module docstring;
     - ``"canonical_image"`` (float32, illumination-free), ``"canonical_mask"`` and
       ``"canonical_lid"`` (uint8 {0, 1}): the anatomy in the canonical frame ``[H, W]``
       (views may also see the canonical canvas's margin just outside this frame).
+
+    The realistic style adds ``"region_masks"``, ``"dropout"``, ``"acquisition"``,
+    ``"dropout_level"``, ``"canonical_dropout"`` and ``"canonical_region"``
+    (:func:`utils.demo_realistic.generate_realistic_patient`).
     """
-    width, height = size
-    canvas, anatomy, gland_soft, lid_soft = _render_anatomy(rng, (width, height))
-    out: dict = {key: [] for key in ("images", "masks", "lid_masks", "matrices", "fields")}
-    for _ in range(images_per_patient):
-        matrix = random_affine(rng, (width, height))
-        field = random_elastic_field(rng, (width, height))
-        map_x, map_y = view_to_canonical(matrix, field)
-        map_x += canvas.mx
-        map_y += canvas.my
-
-        def sample(src: np.ndarray) -> np.ndarray:
-            return cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-
-        lid = sample(lid_soft)
-        out["images"].append(_illuminate(rng, sample(anatomy), lid))
-        out["masks"].append((sample(gland_soft) >= 0.5).astype(np.uint8))
-        out["lid_masks"].append((lid >= 0.5).astype(np.uint8))
-        out["matrices"].append(matrix)
-        out["fields"].append(field.astype(np.float32))
-    out["canonical_image"] = canvas.crop(anatomy).copy()
-    out["canonical_mask"] = (canvas.crop(gland_soft) >= 0.5).astype(np.uint8)
-    out["canonical_lid"] = (canvas.crop(lid_soft) >= 0.5).astype(np.uint8)
-    return out
+    if style == "realistic":
+        return generate_realistic_patient(rng, (int(size[0]), int(size[1])), images_per_patient,
+                                          dropout_range)
+    if style != "simple":
+        raise InputError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    return generate_simple_patient(rng, size, images_per_patient)
 
 
 def patient_rng(seed: int, patient: int) -> np.random.Generator:
@@ -404,7 +127,9 @@ def patient_rng(seed: int, patient: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(patient)])
 
 
-def validate_args(patients: int, images_per_patient: int, size: Sequence[int], seed: int) -> None:
+def validate_args(patients: int, images_per_patient: int, size: Sequence[int], seed: int,
+                  style: str = DEFAULT_STYLE,
+                  dropout_range: Sequence[float] | None = None) -> None:
     """Raise a one-line :class:`InputError` for unusable generation settings."""
     if patients < 1:
         raise InputError(f"--patients must be at least 1, got {patients}")
@@ -419,73 +144,99 @@ def validate_args(patients: int, images_per_patient: int, size: Sequence[int], s
                          f"and {MAX_SIDE} pixels")
     if seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {seed}")
+    if style not in STYLES:
+        raise InputError(f"--style must be one of {', '.join(STYLES)}, got {style!r}")
+    if dropout_range is not None:
+        if style != "realistic":
+            raise InputError("--dropout applies to --style realistic only")
+        if len(dropout_range) != 2 or not 0.0 <= dropout_range[0] <= dropout_range[1] <= 1.0:
+            raise InputError(f"--dropout takes LO HI with 0 <= LO <= HI <= 1, got "
+                             f"{list(dropout_range)}")
 
 
-def _prepare_output(out_dir: Path, overwrite: bool) -> tuple[Path, Path]:
-    """Create ``Image/`` and ``Label/``; refuse to mix with existing files unless
-    ``overwrite``, which deletes earlier demo files (``P###_k.png``) only."""
+def _prepare_output(out_dir: Path, overwrite: bool) -> tuple[Path, Path, Path]:
+    """Create ``Image/``, ``Label/`` and ``Eyelid/``; refuse to mix with existing files unless
+    ``overwrite``, which deletes earlier demo files (``P###_k.png``, ``dropout.csv``) only."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir} exists and is not a folder; choose another DATA_DIR")
-    image_dir, label_dir = out_dir / "Image", out_dir / "Label"
-    existing = [p for d in (image_dir, label_dir) if d.is_dir() for p in sorted(d.iterdir())]
-    if existing and not overwrite:
-        raise InputError(f"{out_dir}: Image/ or Label/ already holds files (e.g. {existing[0].name}); "
-                         f"pass --overwrite to replace a previous demo set or choose an empty DATA_DIR")
+    dirs = (out_dir / "Image", out_dir / "Label", out_dir / "Eyelid")
+    existing = [p for d in dirs if d.is_dir() for p in sorted(d.iterdir())]
+    table = out_dir / DROPOUT_CSV
+    if (existing or table.exists()) and not overwrite:
+        example = existing[0].name if existing else table.name
+        raise InputError(f"{out_dir}: already holds demo output (e.g. {example}); pass --overwrite "
+                         f"to replace a previous demo set or choose an empty DATA_DIR")
     foreign = [p for p in existing if not (p.is_file() and DEMO_FILE.fullmatch(p.name))]
+    if table.exists() and not table.is_file():
+        foreign.append(table)
     if foreign:
-        raise InputError(f"{foreign[0]}: not a demo file (P###_k.png); --overwrite only replaces "
-                         f"demo data, so choose another DATA_DIR or move this file away")
-    for path in existing:
+        raise InputError(f"{foreign[0]}: not a demo file (P###_k.png, {DROPOUT_CSV}); --overwrite "
+                         f"only replaces demo data, so choose another DATA_DIR or move this away")
+    for path in existing + ([table] if table.exists() else []):
         path.unlink()
-    image_dir.mkdir(parents=True, exist_ok=True)
-    label_dir.mkdir(parents=True, exist_ok=True)
-    return image_dir, label_dir
+    for folder in dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+    return dirs
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", array)
-    if not ok:
-        raise InputError(f"{path}: could not encode the image")
-    try:
-        path.write_bytes(data.tobytes())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror}); check the folder's permissions "
-                         f"and free space") from exc
+def _write_dropout_csv(path: Path, rows: list[tuple[str, float]]) -> None:
+    """``name,dropout,meiboscore``; the grade is that of the dropout as written (6 decimals)."""
+    table = []
+    for name, dropout in rows:
+        value = round(float(dropout), 6)
+        table.append({"name": name, "dropout": f"{value:.6f}", "meiboscore": meiboscore(value)})
+    write_csv(path, table, ["name", "dropout", "meiboscore"])
 
 
 def generate_dataset(out_dir, patients: int = DEFAULT_PATIENTS,
                      images_per_patient: int = DEFAULT_IMAGES_PER_PATIENT,
                      size: tuple[int, int] = DEFAULT_SIZE, seed: int = DEFAULT_SEED,
-                     progress: bool = True, overwrite: bool = False) -> list[str]:
-    """Write ``out_dir/Image/P###_k.png`` (8-bit gray) and ``out_dir/Label/P###_k.png``
-    (0/255) for ``patients`` patients x ``images_per_patient`` images of ``size = (W, H)``.
+                     progress: bool = True, overwrite: bool = False, style: str = DEFAULT_STYLE,
+                     dropout_range: tuple[float, float] | None = None) -> list[str]:
+    """Write ``out_dir/Image/P###_k.png`` (8-bit gray), ``out_dir/Label/P###_k.png`` (glands,
+    0/255) and ``out_dir/Eyelid/P###_k.png`` (eyelid, 0/255) for ``patients`` patients x
+    ``images_per_patient`` images of ``size = (W, H)`` in ``style``; the realistic style also
+    writes ``out_dir/dropout.csv`` (``name,dropout,meiboscore``, one row per image). Patient
+    ``i``'s dropout level is drawn from ``dropout_range``, by default from
+    ``GRADE_RANGES[(i - 1) % 4]``.
 
-    Raises :class:`InputError` on bad settings or when ``Image/``/``Label/`` already hold
-    files (``overwrite=True`` replaces an earlier demo set). Returns the names written.
+    Raises :class:`InputError` on bad settings or when ``Image/``/``Label/``/``Eyelid/`` already
+    hold files (``overwrite=True`` replaces an earlier demo set). Returns the names written.
     """
-    validate_args(patients, images_per_patient, size, seed)
-    image_dir, label_dir = _prepare_output(Path(out_dir), overwrite)
+    validate_args(patients, images_per_patient, size, seed, style, dropout_range)
+    image_dir, label_dir, lid_dir = _prepare_output(Path(out_dir), overwrite)
     size = (int(size[0]), int(size[1]))
-    names = []
+    names, dropout_rows = [], []
     for patient in tqdm(range(1, patients + 1), desc="demo patients", unit="patient",
                         disable=not progress):
-        data = generate_patient(patient_rng(seed, patient), size, images_per_patient)
-        for k, (image, mask) in enumerate(zip(data["images"], data["masks"]), start=1):
+        grades = tuple(dropout_range) if dropout_range is not None else \
+            GRADE_RANGES[(patient - 1) % len(GRADE_RANGES)]
+        data = generate_patient(patient_rng(seed, patient), size, images_per_patient, style,
+                                grades if style == "realistic" else None)
+        for k, (image, mask, lid) in enumerate(zip(data["images"], data["masks"],
+                                                   data["lid_masks"]), start=1):
             name = demo_name(patient, k)
-            _write_png(image_dir / f"{name}.png", np.round(image * 255.0).astype(np.uint8))
-            _write_png(label_dir / f"{name}.png", mask * np.uint8(255))
+            write_png(image_dir / f"{name}.png", np.round(image * 255.0).astype(np.uint8))
+            write_png(label_dir / f"{name}.png", mask * np.uint8(255))
+            write_png(lid_dir / f"{name}.png", lid * np.uint8(255))
             names.append(name)
+            if "dropout" in data:
+                dropout_rows.append((name, data["dropout"][k - 1]))
+    if dropout_rows:
+        _write_dropout_csv(Path(out_dir) / DROPOUT_CSV, dropout_rows)
     return names
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m utils.make_demo_data",
-        description="Generate a synthetic infrared meibography (upper eyelid) data set: "
-                    "DATA_DIR/Image/P###_k.png (8-bit gray) and DATA_DIR/Label/P###_k.png "
-                    "(0/255 gland masks). The images of one patient show the same anatomy under "
-                    "different smooth deformations and illumination. Output is deterministic "
-                    "for a seed.")
+        description="Generate a synthetic infrared meibography (everted upper eyelid) data set: "
+                    "DATA_DIR/Image/P###_k.png (8-bit gray), DATA_DIR/Label/P###_k.png (0/255 "
+                    "gland masks), DATA_DIR/Eyelid/P###_k.png (0/255 eyelid masks) and, for the "
+                    "realistic style, DATA_DIR/dropout.csv (name,dropout,meiboscore: the true "
+                    "gland dropout of each image and its Arita grade). The images of one patient "
+                    "show the same anatomy under different smooth deformations and acquisition. "
+                    "Output is deterministic for a seed.")
     parser.add_argument("data_dir", metavar="DATA_DIR", help="output folder (created if missing)")
     parser.add_argument("--patients", type=int, default=DEFAULT_PATIENTS, metavar="P",
                         help=f"number of patients, >= 1 (default {DEFAULT_PATIENTS})")
@@ -498,9 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
                              f"are 740 350)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S",
                         help=f"random seed, >= 0 (default {DEFAULT_SEED})")
+    parser.add_argument("--style", default=DEFAULT_STYLE, metavar="{realistic,simple}",
+                        help="realistic (default): skin, eyelashes, the eye, glints, low and "
+                             "uneven gland contrast, known gland dropout, blur, noise, an "
+                             "examiner's finger or a cotton swab and on-screen text in some "
+                             "images, larger deformations between a patient's images; simple: "
+                             "bright glands on a plain lid band (the earlier demo data, "
+                             "unchanged for a seed)")
+    parser.add_argument("--dropout", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="realistic style: draw every patient's dropout level (fraction of "
+                             "the eyelid without glands) uniformly from LO..HI, 0 <= LO <= HI <= 1 "
+                             "(default: patients cycle through none, mild, moderate and severe "
+                             "dropout)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo set in DATA_DIR (only P###_k.png files in "
-                             "Image/ and Label/ are deleted; anything else there is an error)")
+                             "Image/, Label/ and Eyelid/ and dropout.csv are deleted; anything "
+                             "else there is an error)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -510,10 +274,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     out_dir = Path(args.data_dir)
     names = generate_dataset(out_dir, patients=args.patients,
                              images_per_patient=args.images_per_patient, size=tuple(args.size),
-                             seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite)
-    print(f"wrote {len(names)} images and masks ({args.patients} patients x "
-          f"{args.images_per_patient}, {args.size[0]} x {args.size[1]}) to {out_dir}/Image and "
-          f"{out_dir}/Label")
+                             seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite,
+                             style=args.style, dropout_range=args.dropout)
+    written = [f"{out_dir}/{sub}" for sub in ("Image", "Label", "Eyelid")]
+    if args.style == "realistic":
+        written.append(f"{out_dir}/{DROPOUT_CSV}")
+    print(f"wrote {len(names)} {args.style} images and masks ({args.patients} patients x "
+          f"{args.images_per_patient}, {args.size[0]} x {args.size[1]}) to "
+          f"{', '.join(written[:-1])} and {written[-1]}")
     stale = sorted(out_dir.glob("train_dict*.json"))
     if stale:
         print(f"note: {out_dir} still holds fold files from earlier data ({stale[0].name}, ...); "
