@@ -35,6 +35,22 @@ TARGETS = ("gland", "eyelid")  # what a segmenter segments: Label/ or Eyelid/ ma
 NUM_FOLDS = 5
 
 
+def decode_image(data: np.ndarray) -> np.ndarray | None:
+    """Encoded file bytes (uint8) -> the image as ``cv2.IMREAD_UNCHANGED`` decodes it, or None.
+
+    OpenCV logs its own multi-line decoder errors to stderr; callers replace them with one
+    line, so the logging is silenced here."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        array = None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    return None if array is None or array.size == 0 else array
+
+
 def _read_raw(path: Path) -> np.ndarray:
     """Read any image file as a numpy array, or raise a one-line InputError."""
     if not path.is_file():
@@ -45,16 +61,8 @@ def _read_raw(path: Path) -> np.ndarray:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
-    # OpenCV logs its own multi-line decoder errors to stderr; our one-line message replaces them.
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        array = None
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-    if array is None or array.size == 0:
+    array = decode_image(data)
+    if array is None:
         raise InputError(f"{path}: cannot be decoded as an image; replace it with a valid "
                          f"{'/'.join(e[1:] for e in IMAGE_EXTS)} file or remove it")
     return array

@@ -6,6 +6,14 @@ import argparse
 from utils.errors import InputError
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line InputErrors (printed by ``run_cli``, exit 2),
+    naming the command's ``--help``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
 def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = None,
                     data_required: bool = True, several_exps: bool = False) -> None:
     """--data-dir, --fold, --exp, --runs-dir, --device, --seed, --resize.

@@ -80,6 +80,7 @@ from skimage.segmentation import relabel_sequential, watershed
 from tqdm import tqdm
 
 from dataloaders.dataset import LABEL_EXTS, read_label
+from utils.cli import OneLineErrorParser
 from utils.errors import InputError, run_cli
 from utils.files import write_csv
 from utils.gland_skeleton import centre_line, fill_holes, polyline_length
@@ -531,15 +532,8 @@ def measure_folder(mask_dir: Path, eyelid_dir: Path | None = None, progress: boo
 
 # ----------------------------------------------------------------------------- CLI
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line InputErrors (exit 2 through run_cli)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{message} (see python -m utils.gland_measures --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="python -m utils.gland_measures",
         description="Clinical measures of every gland mask (png) in MASK_DIR: one row per gland in "
                     "glands.csv, one row per image in images.csv (columns: README.md, section "

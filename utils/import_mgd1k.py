@@ -48,10 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
+from dataloaders.dataset import decode_image
+from utils.cli import OneLineErrorParser
 from utils.errors import InputError, run_cli
 from utils.files import atomic_write, write_csv, write_png
 
@@ -156,17 +157,7 @@ def decode(path: Path) -> np.ndarray | None:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
-    if data.size == 0:
-        return None
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        array = None
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-    return None if array is None or array.size == 0 else array
+    return decode_image(data) if data.size else None
 
 
 def image_suffix(path: Path) -> str:
@@ -638,15 +629,8 @@ def import_mgd1k(src: str | Path, dst: str | Path, lid: str = "upper", mirror: b
 
 # ----------------------------------------------------------------------------- CLI
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line InputErrors (exit 2 through run_cli)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{message} (see python -m utils.import_mgd1k --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="python -m utils.import_mgd1k",
         description="Import the public MGD-1k meibography dataset (Saha et al., The Ocular Surface "
                     "2022) into this project's layout: DST/Image/, DST/Label/ (gland masks, 0/255), "

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from dataloaders.dataset import IMAGE_EXTS, NUM_FOLDS, DatasetFolder, Fold, fold_path, load_fold
+from utils.cli import OneLineErrorParser
 from utils.errors import InputError, run_cli
 from utils.files import atomic_write_json
 
@@ -350,15 +351,8 @@ def check_folds(data_dir: str | os.PathLike, resize: tuple[int, int] | None = No
 
 # ----------------------------------------------------------------------------- CLI
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line InputErrors (exit 2 through run_cli)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{message} (see python -m utils.make_folds --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="python -m utils.make_folds",
         description="Write patient-disjoint 5-fold splits DATA_DIR/train_dict1.json ... train_dict5.json "
                     "(train:val:test about 7:1:2; the five test sets partition the patients).")
