@@ -3,11 +3,12 @@
 Each method's iteration is its stage's own ``train_step`` (``utils/stages/``), built
 exactly as ``5fold_Train_SS_MGS.py --method M`` builds it, on a small synthetic data
 set at the benchmark size (6 patients x 3 images; the registration net of SS-MGS is an
-untrained one: the same work as a trained one), batch 1 as trained. For each method,
+untrained one: the same work as a trained one), batch 1 as trained, in the run's last
+epoch (past Mean Teacher's gate and BCP's pre-training). For each method,
 in its own fresh subprocess: FLOPs of the iteration (``FlopCounterMode``: matmuls and
 convolutions, forward and backward, the no-grad teacher and partner passes included),
 the fp32 matmul rate sampled between the timed iterations, seconds per iteration
-(median after a warm-up), the ratio to the method's own FLOP floor (median over the
+(median after a few untimed iterations), the ratio to the method's own FLOP floor (median over the
 timed iterations, each at the rate around it), and peak resident memory (and on CUDA
 the GPU's peak allocated memory).
 
@@ -37,7 +38,9 @@ TARGET = 1.5
 def _parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Seconds, FLOPs, ratio to the FLOP floor and peak memory of one "
                                              "training iteration of every segmentation method.")
-    add_iteration_args(ap, iters=3)
+    add_iteration_args(ap, iters=5)
+    ap.add_argument("--warmup", type=int, default=3,
+                    help="untimed iterations first: the allocator's heap settles over the first few (default: 3)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                     help="methods to measure, each in its own process (default: all)")
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -85,14 +88,17 @@ def _child(args: argparse.Namespace) -> None:
     stage_args = build_parser().parse_args(argv)
     seed_everything(0)
     stage = build_stage(stage_args, 1, open_fold(stage_args.data_dir, 1, progress=False), device)
-    stage.start(0, None)
+    last = stage_args.epochs - 1  # the run's steady state: past Mean Teacher's gate and BCP's pre-training
+    stage.start(last, None)
+    stage.start_epoch(last)
     batch = next(iter(make_loader(stage.train_set, 1, 0)))
     result["amp"] = stage.amp
 
     def iteration() -> None:
         stage.train_step(batch, lambda terms: None)
 
-    result["iter_s"], result["rate"], result["iter_rates"] = time_iterations(iteration, args.iters, args.device)
+    result["iter_s"], result["rate"], result["iter_rates"] = time_iterations(iteration, args.iters, args.device,
+                                                                             warmup=args.warmup)
     peak_memory(result, args.device)
     result["iter_flops"], _ = count_flops(iteration)
     emit(result)
@@ -107,9 +113,10 @@ def main(argv=None) -> None:
         _child(args)
         return
     print(f"segmentation training iteration of every method, {args.height} x {args.width}, batch 1, {args.device}"
-          f"{' (mixed precision)' if args.device == 'cuda' else ''}, {args.iters} timed iterations after 1 warm-up")
+          f"{' (mixed precision)' if args.device == 'cuda' else ''}, {args.iters} timed iterations after "
+          f"{args.warmup} untimed ones")
     with tempfile.TemporaryDirectory(prefix="bench_methods_") as tmp:
-        common = ["--data", tmp, *iteration_argv(args)]
+        common = ["--data", tmp, "--warmup", str(args.warmup), *iteration_argv(args)]
         made = run_child(Path(__file__).resolve(), ["--child", "setup", *common])
         if "error" in made:
             print(f"data set-up failed: {made['error']}")

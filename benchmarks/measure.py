@@ -95,13 +95,14 @@ def matmul_rates(size: int = 2048, repeats: int = 7, device: str = "cpu") -> lis
 
 
 def time_iterations(fn: Callable[[], object], repeats: int, device: str = "cpu",
-                    rate_repeats: int = 3) -> tuple[list[float], float, list[float]]:
+                    rate_repeats: int = 3, warmup: int = 1) -> tuple[list[float], float, list[float]]:
     """``(seconds of each of repeats calls of fn, median matmul rate, rate around each call)``
-    after one warm-up call, rates in FLOP/s. The rate is sampled (``rate_repeats`` products)
+    after ``warmup`` untimed calls, rates in FLOP/s. The rate is sampled (``rate_repeats`` products)
     before each timed call and after the last; the rate around call ``i`` is the median of
     the samples just before and just after it. On a shared machine the rate drifts by tens
     of percent between minutes, so a call is best compared with the rate around it."""
-    fn()
+    for _ in range(warmup):
+        fn()
     synchronize(device)
     times, samples = [], [matmul_rates(repeats=rate_repeats, device=device)]
     for _ in range(repeats):

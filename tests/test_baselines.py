@@ -109,7 +109,7 @@ def test_cps_targets_are_the_other_networks_argmax_and_carry_no_gradient():
 def test_cps_second_network_is_initialised_differently():
     torch.manual_seed(0)
     net = xavier_initialised(SegmentationNet())
-    weight = net.inc.block[0].weight
+    weight = net.inc.block[0].weight.detach()
     fan_in, fan_out = weight.shape[1] * 9, weight.shape[0] * 9
     assert float(weight.std()) == pytest.approx(math.sqrt(2.0 / (fan_in + fan_out)), rel=0.25)
 

@@ -133,9 +133,10 @@ class UAMTStage(MeanTeacherStage):
     def consistency(self, student_probs: torch.Tensor, unlabelled: torch.Tensor) -> tuple[torch.Tensor, dict]:
         with torch.no_grad(), self.autocast():
             teacher_probs = torch.softmax(self.teacher(self.noisy(unlabelled))["out"].float(), dim=1)
-            repeated = unlabelled.repeat(self.passes, 1, 1, 1)
-            passes = torch.softmax(self.teacher(self.noisy(repeated))["out"].float(), dim=1)
-        mean_probs = passes.view(self.passes, *teacher_probs.shape).mean(dim=0)
+            # one pass at a time (the original batches two): the same mean, with a fraction of
+            # the activations live at once, which keeps the passes fast on CPU
+            mean_probs = sum(torch.softmax(self.teacher(self.noisy(unlabelled))["out"].float(), dim=1)
+                             for _ in range(self.passes)) / self.passes
         certain = (uncertainty(mean_probs) < uncertainty_threshold(self.ramp())).float()
         return (masked_consistency(student_probs, teacher_probs, certain),
                 {"teacher": teacher_probs, "certain": certain})
