@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dataloaders.dataset import DatasetFolder, load_fold
-from utils.clinical_report import grade_agreement, read_grades
+from utils.clinical_report import grade_agreement, read_grades, report_lines
 from utils.errors import InputError
 from utils.make_demo_data import generate_dataset
 from utils.make_folds import make_folds
@@ -145,3 +145,15 @@ def test_grades_file_reading_and_agreement(tmp_path):
     agreement = grade_agreement(rows, {"a": 0, "b": 3, "c": 2, "d": 1})
     assert agreement["n"] == 3 and agreement["accuracy"] == pytest.approx(2 / 3)
     assert agreement["confusion"][3][2] == 1 and agreement["confusion"][0][0] == 1
+
+
+def test_report_says_when_kappa_is_undefined():
+    summary = {"n_images": 2, "count_mae": 1.0, "gland_area_ratio_mae": 0.1, "dropout_mae": 0.2,
+               "meiboscore_accuracy": 1.0, "meiboscore_kappa": math.nan, "n_meiboscore": 2}
+    agreement = grade_agreement([{"name": "a", "meiboscore": 1}, {"name": "b", "meiboscore": 1}], {"a": 1, "b": 1})
+    assert math.isnan(agreement["kappa"])  # every image in one grade: no chance disagreement
+    lines = report_lines("EXP", summary, agreement)
+    assert len(lines) == 2 and all("quadratic kappa undefined (all in one grade)" in line for line in lines)
+    assert "nan" not in " ".join(lines)
+    summary["meiboscore_kappa"] = 0.4
+    assert "quadratic kappa 0.400 (2 images" in report_lines("EXP", summary, None)[0]

@@ -16,7 +16,6 @@ from dataloaders.dataset import read_label
 from networks.spatial_transformer import compose, field_from_affine, warp
 from utils import demo_realistic as realistic
 from utils import demo_geometry as geometry
-from utils import demo_realistic as realistic
 from utils import make_demo_data as demo
 from utils.gland_measures import meiboscore
 from utils.errors import InputError, run_cli

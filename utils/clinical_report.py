@@ -78,16 +78,21 @@ def grade_agreement(pred_rows: Iterable[Mapping[str, Any]], grades: Mapping[str,
             "confusion": confusion_matrix(true, estimated, GRADES).tolist()}
 
 
+def _kappa_text(kappa: float) -> str:
+    """Kappa to 3 decimals; NaN (no chance disagreement: every image in one grade) said in words."""
+    return "undefined (all in one grade)" if math.isnan(kappa) else f"{kappa:.3f}"
+
+
 def report_lines(exp: str, summary: Mapping[str, Any], grades: Mapping[str, Any] | None) -> list[str]:
     """Printable summary of :func:`utils.agreement.agreement_table` (and of :func:`grade_agreement`)."""
     lines = [f"{exp}: measures on predicted vs true masks over {summary['n_images']} test images: gland count "
              f"MAE {summary['count_mae']:.2f}, gland area ratio MAE {summary['gland_area_ratio_mae']:.4f}, "
              f"dropout MAE {summary['dropout_mae']:.4f}; meiboscore accuracy {summary['meiboscore_accuracy']:.3f}, "
-             f"quadratic kappa {summary['meiboscore_kappa']:.3f} ({summary['n_meiboscore']} images with an eyelid)"]
+             f"quadratic kappa {_kappa_text(summary['meiboscore_kappa'])} ({summary['n_meiboscore']} images with an eyelid)"]
     if grades is not None:
         matrix = "; ".join(f"grade {g}: " + " ".join(str(c) for c in row) for g, row in zip(GRADES, grades["confusion"]))
         lines.append(f"{exp}: estimated meiboscore vs clinicians' grades over {grades['n']} images: accuracy "
-                     f"{grades['accuracy']:.3f}, quadratic kappa {grades['kappa']:.3f}; confusion (rows: "
+                     f"{grades['accuracy']:.3f}, quadratic kappa {_kappa_text(grades['kappa'])}; confusion (rows: "
                      f"clinicians 0-3, columns: estimate 0-3) {matrix}")
     return lines
 
