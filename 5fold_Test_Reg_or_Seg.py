@@ -24,24 +24,28 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dataloaders.dataset import IMAGE_EXTS, DatasetFolder, parse_folds
+from dataloaders.dataset import IMAGE_EXTS, DatasetFolder
+
+from dataloaders.folds import parse_folds
 from dataloaders.fold_data import open_fold
 from dataloaders.registration_data import RegistrationPairSet
 from dataloaders.segmentation_data import SegmentationEvalSet
 from networks.segmentation_net import SegmentationNet
-from utils.agreement import agreement_table
+from utils.clinical.agreement import agreement_table
 from utils.cli import add_common_args
-from utils.clinical_report import AGREEMENT_COLUMNS, grade_agreement, measure_pair, read_grades, report_lines
-from utils.comparison import COLUMNS as COMPARISON_COLUMNS
-from utils.comparison import compare, format_comparison
+from dataloaders.grades import read_grades
+from utils.clinical.report import AGREEMENT_COLUMNS, grade_agreement, measure_pair, report_lines
+from utils.evaluation.comparison import COLUMNS as COMPARISON_COLUMNS
+from utils.evaluation.comparison import compare, format_comparison
 from utils.errors import InputError, run_cli
-from utils.evaluation import evaluate_registration, evaluate_segmentation
+from utils.evaluation.loops import evaluate_registration, evaluate_segmentation
 from utils.files import write_csv
-from utils.metrics import HD95_EMPTY_POLICY, masks_from_scores, summarise
-from utils.prediction import check_targets, load_fold_models, predict_folder
-from utils.training.checkpoints import find_best_checkpoint, load_network, load_registration_network, run_dir_for
+from utils.evaluation.metrics import HD95_EMPTY_POLICY, masks_from_scores, summarise
+from utils.evaluation.prediction import check_targets, load_fold_models, predict_folder
+from utils.stages.registration import load_registration_network
+from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
 from utils.training.runtime import select_device, use_amp
-from utils.visualise import deformation_grid, image_grid_panel, overlay_mask, save_png, tp_fp_fn_overlay
+from utils.evaluation.visualise import deformation_grid, image_grid_panel, overlay_mask, save_png, tp_fp_fn_overlay
 
 SEG_COLUMNS = ["name", "patient", "fold", "iou", "dice", "hd95", "recall", "accuracy", "hd95_empty"]
 SEG_METRICS = ["iou", "dice", "hd95", "recall", "accuracy"]

@@ -22,7 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import gland_measures as gm  # noqa: E402
+from utils.clinical import dropout as dropout_mod  # noqa: E402
+from utils.clinical import glands as glands_mod  # noqa: E402
+from utils.clinical import measures as measures_mod  # noqa: E402
 
 
 def lid_band(height: int, width: int) -> tuple[np.ndarray, Callable, Callable]:
@@ -91,13 +93,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="random seed of the synthetic pair (default: 0)")
     args = ap.parse_args()
     glands, eyelid = synthetic_pair(args.height, args.width, args.glands, args.seed)
-    result = gm.measure_image(glands, eyelid)
+    result = measures_mod.measure_image(glands, eyelid)
     print(f"{args.width} x {args.height} pair: {args.glands} glands drawn, "
           f"{result.gland_count} glands found, "
           f"dropout {result.dropout:.3f}, meiboscore {result.meiboscore}")
-    cases = {"measure_image (all measures)": lambda: gm.measure_image(glands, eyelid),
-             "  split_glands": lambda: gm.split_glands(glands),
-             "  dropout": lambda: gm.dropout(glands, eyelid)}
+    cases = {"measure_image (all measures)": lambda: measures_mod.measure_image(glands, eyelid),
+             "  split_glands": lambda: glands_mod.split_glands(glands),
+             "  dropout": lambda: dropout_mod.dropout(glands, eyelid)}
     print(f"seconds per mask pair (min / median over {args.repeats}):")
     for name, fn in cases.items():
         times = timed(fn, args.repeats)

@@ -52,12 +52,14 @@ def _setup(args: argparse.Namespace) -> None:
     """The data set, its folds and pre-alignment, and an (untrained) registration checkpoint."""
     import torch
 
-    from dataloaders.dataset import DatasetFolder, load_fold
+    from dataloaders.dataset import DatasetFolder
+
+    from dataloaders.folds import load_fold
     from dataloaders.prealignment.cache import ensure_prealignment
     from networks.registration_net import RegistrationNet
     from utils.files import atomic_save, atomic_write_json
-    from utils.make_demo_data import generate_dataset
-    from utils.make_folds import make_folds
+    from utils.synthetic.generate import generate_dataset
+    from dataloaders.splits import make_folds
 
     data = Path(args.data)
     generate_dataset(data / "data", patients=6, images_per_patient=3, size=(args.width, args.height), seed=0,

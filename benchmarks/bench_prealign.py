@@ -3,7 +3,7 @@
     python benchmarks/bench_prealign.py [--patients 73] [--images 4] [--size 740 350] [--workers 2]
                                         [--source demo|affine] [--keep DIR]
 
-Sources: ``demo`` (default) = utils.make_demo_data patients (affine + small elastic field +
+Sources: ``demo`` (default) = utils.synthetic.generate patients (affine + small elastic field +
 illumination changes); ``affine`` = a textured canvas seen through random affines only.
 Prints: pairs, seconds (cold cache), pairs/s, fallbacks, mean correlation, warm-cache
 seconds, single-pair time, and the displacement error (pixels) against the true
@@ -79,7 +79,7 @@ def make_dataset(root: Path, source: str, patients: int, count: int, size: tuple
     (root / "Image").mkdir(parents=True, exist_ok=True)
     (root / "Label").mkdir(parents=True, exist_ok=True)
     if source == "demo":
-        from utils.make_demo_data import generate_patient, patient_rng
+        from utils.synthetic.generate import generate_patient, patient_rng
         make = lambda p: generate_patient(patient_rng(0, p), size, count)  # noqa: E731
     else:
         make = lambda p: affine_patient(np.random.default_rng([1, p]), size, count)  # noqa: E731
@@ -111,7 +111,7 @@ def true_map(data: dict, fixed: int, moving: int, size: tuple[int, int]) -> np.n
     if "fields" not in data:
         m = np.linalg.solve(homogeneous(data["matrices"][moving]), homogeneous(data["matrices"][fixed]))
         return np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2], m[1, 0] * xs + m[1, 1] * ys + m[1, 2]])
-    from utils.demo_geometry import canonical_to_view, view_to_canonical
+    from utils.synthetic.geometry import canonical_to_view, view_to_canonical
     sx, sy = view_to_canonical(data["matrices"][fixed], data["fields"][fixed])
     mx, my = canonical_to_view(data["matrices"][moving], data["fields"][moving],
                                sx[::STEP, ::STEP], sy[::STEP, ::STEP])
@@ -144,7 +144,7 @@ def main() -> None:
                         help="image size (default: 740 350)")
     parser.add_argument("--workers", type=int, default=2, help="pre-alignment worker processes (default: 2)")
     parser.add_argument("--source", choices=("demo", "affine"), default="demo",
-                        help="demo: utils.make_demo_data patients (affine + elastic + illumination); "
+                        help="demo: utils.synthetic.generate patients (affine + elastic + illumination); "
                              "affine: a textured canvas seen through random affines only (default: demo)")
     parser.add_argument("--keep", type=Path, default=None, help="write the dataset here and keep it")
     args = parser.parse_args()

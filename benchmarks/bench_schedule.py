@@ -44,8 +44,8 @@ def _parse(argv=None) -> argparse.Namespace:
 
 
 def _dataset(args: argparse.Namespace, tmp: Path) -> Path:
-    from utils.make_demo_data import generate_dataset
-    from utils.make_folds import make_folds
+    from utils.synthetic.generate import generate_dataset
+    from dataloaders.splits import make_folds
     data = Path(args.data_dir) if args.data_dir else tmp / "data"
     if not args.data_dir:
         generate_dataset(data, patients=args.patients, images_per_patient=4, size=tuple(args.size), seed=0,

@@ -1,11 +1,11 @@
-"""Reading a meibography dataset folder and its fold files; all input validation.
+"""Reading a meibography dataset folder: images and masks, and their validation.
 
 Layout (see README.md)::
 
     DATA_DIR/Image/<name>.<png|jpg|jpeg|bmp|tif|tiff>   grayscale or RGB image
     DATA_DIR/Label/<name>.png                           binary gland mask (optional)
     DATA_DIR/Eyelid/<name>.png                          binary eyelid (tarsal plate) mask (optional)
-    DATA_DIR/train_dict{1..5}.json                      folds (utils.make_folds)
+    DATA_DIR/train_dict{1..5}.json                      folds (dataloaders.folds)
 
 Inside the code an image is ``float32 [H, W]`` in [0, 1] and a mask is
 ``uint8 [H, W]`` in {0, 1}. A *name* is a file name without its extension.
@@ -13,9 +13,7 @@ Every problem a user can cause raises :class:`utils.errors.InputError`.
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -32,7 +30,6 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LABEL_EXTS = (".png",)
 EYELID_DIR = "Eyelid"
 TARGETS = ("gland", "eyelid")  # what a segmenter segments: Label/ or Eyelid/ masks
-NUM_FOLDS = 5
 
 
 def decode_image(data: np.ndarray) -> np.ndarray | None:
@@ -252,126 +249,3 @@ class DatasetFolder:
             raw = cv2.resize(raw, self.wh, interpolation=cv2.INTER_NEAREST)
         self._mask_cache[(folder, name)] = raw
         return raw
-
-
-@dataclass
-class Subject:
-    """One patient of a fold: ``atlas`` = labelled images usable in training,
-    ``others`` = the remaining images. ``patient`` = id (from the fold file's
-    optional ``patient`` key, else the first image's name)."""
-
-    patient: str
-    atlas: list[str]
-    others: list[str]
-
-    @property
-    def images(self) -> list[str]:
-        return self.atlas + self.others
-
-
-@dataclass
-class Fold:
-    """A parsed ``train_dict{k}.json``."""
-
-    index: int
-    path: Path
-    train: list[Subject] = field(default_factory=list)
-    val: list[Subject] = field(default_factory=list)
-    test: list[Subject] = field(default_factory=list)
-
-    def split(self, name: str) -> list[Subject]:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
-
-    @property
-    def patients(self) -> list[Subject]:
-        return self.train + self.val + self.test
-
-
-def fold_path(root: str | os.PathLike, k: int) -> Path:
-    return Path(root) / f"train_dict{k}.json"
-
-
-def _entry_name(entry: object, where: str, known: dict[str, Path]) -> str:
-    if not isinstance(entry, str) or not entry:
-        raise InputError(f"{where}: image names must be non-empty strings, got {entry!r}")
-    stem = Path(entry).stem if Path(entry).suffix.lower() in IMAGE_EXTS else entry
-    if stem not in known:
-        raise InputError(f"{where} lists image '{entry}' which is not in the Image/ folder; "
-                         f"fix the fold file or rerun python -m utils.make_folds")
-    return stem
-
-
-def load_fold(root: str | os.PathLike, k: int, folder: DatasetFolder | None = None) -> Fold:
-    """Parse and validate ``root/train_dict{k}.json`` against the dataset folder.
-
-    Checks: valid JSON with ``train``/``val``/``test`` lists of subjects
-    ``{"Atlas": [...], "OtherImg": [...]}``; every image exists; no image twice;
-    no patient in two sets; Atlas, val and test images have labels.
-    """
-    if not 1 <= k <= NUM_FOLDS:
-        raise InputError(f"fold must be 1..{NUM_FOLDS}, got {k}")
-    folder = folder if folder is not None else DatasetFolder(root)
-    path = fold_path(root, k)
-    if not path.is_file():
-        raise InputError(f"fold file {path} is missing: run python -m utils.make_folds {root}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); fix it or rerun python -m utils.make_folds")
-    if not isinstance(data, dict) or any(key not in data for key in ("train", "val", "test")):
-        raise InputError(f"{path} must be an object with 'train', 'val' and 'test' lists; "
-                         f"rerun python -m utils.make_folds")
-    fold = Fold(index=k, path=path)
-    seen_image: dict[str, str] = {}
-    seen_patient: dict[str, str] = {}
-    for split in ("train", "val", "test"):
-        subjects = data[split]
-        if not isinstance(subjects, list):
-            raise InputError(f"{path}: '{split}' must be a list of subjects")
-        for i, subject in enumerate(subjects):
-            where = f"{path.name}: {split} subject {i}"
-            if not isinstance(subject, dict) or not isinstance(subject.get("Atlas", []), list) \
-                    or not isinstance(subject.get("OtherImg", []), list):
-                raise InputError(f"{where} must be {{\"Atlas\": [names], \"OtherImg\": [names]}}")
-            atlas = [_entry_name(e, where, folder.image_paths) for e in subject.get("Atlas", [])]
-            others = [_entry_name(e, where, folder.image_paths) for e in subject.get("OtherImg", [])]
-            if not atlas and not others:
-                raise InputError(f"{where} has no images")
-            patient = str(subject.get("patient", (atlas + others)[0]))
-            for name in atlas + others:
-                if name in seen_image:
-                    kind = "in two sets" if seen_image[name].split()[0] != split else "twice"
-                    raise InputError(f"{where}: image '{name}' appears {kind} ({seen_image[name]} "
-                                     f"and {split}); a patient's images must be in one subject of one set")
-                seen_image[name] = f"{split} subject {i}"
-            if patient in seen_patient:
-                raise InputError(f"{where}: patient '{patient}' appears twice ({seen_patient[patient]} "
-                                 f"and {split}); a patient must be in exactly one set")
-            seen_patient[patient] = f"{split} subject {i}"
-            must_label = atlas if split == "train" else atlas + others
-            for name in must_label:
-                if not folder.has_label(name):
-                    role = "Atlas image" if split == "train" else f"{split} image"
-                    raise InputError(f"{where}: {role} '{name}' has no label "
-                                     f"{folder.root / 'Label' / (name + '.png')}; add it or rerun "
-                                     f"python -m utils.make_folds")
-            fold.split(split).append(Subject(patient=patient, atlas=atlas, others=others))
-    if not fold.train:
-        raise InputError(f"{path}: the train set is empty")
-    return fold
-
-
-def parse_folds(value: str) -> list[int]:
-    """``--fold`` value: ``"1".."5"``, a comma list such as ``"1,3"``, or ``"all"`` -> fold numbers."""
-    if value == "all":
-        return list(range(1, NUM_FOLDS + 1))
-    folds = []
-    for part in str(value).split(","):
-        try:
-            k = int(part)
-        except ValueError:
-            raise InputError(f"--fold must be 1..{NUM_FOLDS}, a list like 1,3, or 'all', got '{value}'") from None
-        if not 1 <= k <= NUM_FOLDS or k in folds:
-            raise InputError(f"--fold must be 1..{NUM_FOLDS}, a list like 1,3, or 'all', got '{value}'")
-        folds.append(k)
-    return folds

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dataloaders.dataset import DatasetFolder, Fold, load_fold
+from dataloaders.dataset import DatasetFolder
+
+from dataloaders.folds import Fold, load_fold
 from dataloaders.prealignment.cache import Prealignment, ensure_prealignment
 
 

@@ -34,7 +34,7 @@ class RegistrationOutputCache:
 
     ``folder``: needs ``load_image(name) -> float32 [H, W]``; ``prealign``: ``field(m,
     f) -> [2, H, W]``; ``subjects``: objects with ``atlas`` and ``others`` name lists
-    (``dataloaders.dataset.Subject``). ``reg_net`` runs on ``device`` (the caller
+    (``dataloaders.folds.Subject``). ``reg_net`` runs on ``device`` (the caller
     moves it there and puts it in eval mode).
     """
 

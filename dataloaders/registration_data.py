@@ -21,7 +21,9 @@ from typing import Sequence
 
 from torch.utils.data import Dataset
 
-from dataloaders.dataset import DatasetFolder, Subject
+from dataloaders.dataset import DatasetFolder
+
+from dataloaders.folds import Subject
 from dataloaders.sampling import ImageCache, IterationDataset, check_pairs, check_size, pick, pick_two, warp_image
 from networks.spatial_transformer import warp_label
 from utils.errors import InputError

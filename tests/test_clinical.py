@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders.dataset import DatasetFolder, load_fold
-from utils.clinical_report import grade_agreement, read_grades, report_lines
+from dataloaders.dataset import DatasetFolder
+
+from dataloaders.folds import load_fold
+from dataloaders.grades import read_grades
+from utils.clinical.report import grade_agreement, report_lines
 from utils.errors import InputError
-from utils.make_demo_data import generate_dataset
-from utils.make_folds import make_folds
+from utils.synthetic.generate import generate_dataset
+from dataloaders.splits import make_folds
 from utils.stages.segmentation_methods import build_parser, build_stage, check_args
 from utils.training.checkpoints import load_checkpoint
 from utils.training.fold_runner import train_folds

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from utils.comparison import bootstrap_interval, compare, paired_values, wilcoxon_p
+from utils.evaluation.comparison import bootstrap_interval, compare, paired_values, wilcoxon_p
 
 REFERENCE = [{"fold": 1, "name": n, "iou": v, "hd95": h}
              for n, v, h in [("a", 0.5, 4.0), ("b", 0.6, 3.0), ("c", 0.7, 2.0), ("d", 0.8, 1.0)]]

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import dataloaders.dataset as dataset_module
-from dataloaders.dataset import DatasetFolder, load_fold
+from dataloaders.dataset import DatasetFolder
+from dataloaders.folds import load_fold
 from dataloaders.registration_data import RegistrationPairSet, RegistrationTrainSet
 from dataloaders.sampling import ImageCache
 from dataloaders.segmentation_data import SegmentationEvalSet, SegmentationTrainSet

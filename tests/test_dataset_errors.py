@@ -15,9 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
-from dataloaders.dataset import DatasetFolder, binarise_label, load_fold, read_image, read_label
+from dataloaders.dataset import DatasetFolder, binarise_label, read_image, read_label
+
+from dataloaders.folds import load_fold
 from utils.errors import InputError, run_cli
-from utils.make_folds import main, make_folds
+from dataloaders.splits import make_folds
+from utils.make_folds import main
 
 H, W = 32, 48
 REPO = Path(__file__).resolve().parents[1]

@@ -1,10 +1,10 @@
-"""Jacobian statistics of deformation fields (utils.metrics.jacobian_statistics)."""
+"""Jacobian statistics of deformation fields (utils.evaluation.metrics.jacobian_statistics)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils.metrics import jacobian_statistics
+from utils.evaluation.metrics import jacobian_statistics
 
 
 def folding_fraction(field: torch.Tensor) -> tuple[float, float]:

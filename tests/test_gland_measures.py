@@ -1,4 +1,4 @@
-"""Clinical measures from masks (utils.gland_measures): known answers on small synthetic masks."""
+"""Clinical measures from masks (utils.clinical.measures): known answers on small synthetic masks."""
 from __future__ import annotations
 
 import csv
@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from utils import agreement
-from utils import gland_measures as gm
+from utils.clinical import agreement
+from utils import gland_measures as command
+from utils.clinical import dropout as dropout_mod
+from utils.clinical import glands as glands_mod
+from utils.clinical import measures as measures_mod
 from utils.errors import InputError
-from utils.gland_overlay import LINE_COLOURS, draw_gland_overlay
-from utils.gland_skeleton import fill_holes, longest_skeleton_path
+from utils.evaluation.gland_overlay import LINE_COLOURS, draw_gland_overlay
+from utils.clinical.skeleton import fill_holes, longest_skeleton_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +50,7 @@ def sine_gland(amplitude, period, rows, width, margin=10):
 
 @pytest.mark.parametrize("length, width", [(60, 7), (40, 5), (100, 11), (30, 3), (50, 8)])
 def test_straight_bar(length, width):
-    result = gm.measure_image(bar((length + 20, width + 20), 10, 10, length, width))
+    result = measures_mod.measure_image(bar((length + 20, width + 20), 10, 10, length, width))
     assert result.gland_count == 1
     gland = result.glands[0]
     assert gland.area == length * width
@@ -60,14 +63,14 @@ def test_straight_bar(length, width):
 
 
 def test_bar_touching_the_image_border_keeps_its_length():
-    gland = gm.measure_image(bar((50, 20), 0, 5, 50, 6)).glands[0]
+    gland = measures_mod.measure_image(bar((50, 20), 0, 5, 50, 6)).glands[0]
     assert abs(gland.length - 50) <= 1.0
 
 
 @pytest.mark.parametrize("amplitude, period, width", [(6, 60, 5), (10, 80, 6), (15, 100, 7), (8, 50, 4)])
 def test_sine_gland_length_and_tortuosity(amplitude, period, width):
     mask, arc = sine_gland(amplitude, period, 150, width)
-    result = gm.measure_image(mask)
+    result = measures_mod.measure_image(mask)
     assert result.gland_count == 1  # a tortuous gland is not split
     gland = result.glands[0]
     assert gland.length == pytest.approx(arc, rel=0.03)
@@ -80,17 +83,17 @@ def test_sine_gland_length_and_tortuosity(amplitude, period, width):
 def test_orientation_sign_and_range():
     mask = np.zeros((120, 120), np.uint8)
     cv2.line(mask, (30, 10), (80, 100), 1, 7)   # lower end to the right
-    leaning_right = gm.measure_image(mask).glands[0].orientation
+    leaning_right = measures_mod.measure_image(mask).glands[0].orientation
     assert leaning_right == pytest.approx(np.degrees(np.arctan2(50, 90)), abs=2.0)
-    assert gm.measure_image(mask[:, ::-1]).glands[0].orientation == pytest.approx(-leaning_right, abs=1.5)
-    assert gm.orientation_degrees((5, 10), (5, 0)) == 90.0
-    assert gm.orientation_degrees((0, 0), (10, 0)) == 0.0
+    assert measures_mod.measure_image(mask[:, ::-1]).glands[0].orientation == pytest.approx(-leaning_right, abs=1.5)
+    assert glands_mod.orientation_degrees((5, 10), (5, 0)) == 90.0
+    assert glands_mod.orientation_degrees((0, 0), (10, 0)) == 0.0
 
 
 def test_gland_with_a_hole_is_measured_through_its_middle():
     mask = bar((80, 30), 10, 10, 60, 9)
     mask[35:40, 13:16] = False
-    gland = gm.measure_image(mask).glands[0]
+    gland = measures_mod.measure_image(mask).glands[0]
     assert abs(gland.length - 60) <= 1.0
     assert gland.tortuosity < 1.02
 
@@ -114,7 +117,7 @@ def test_longest_path_of_a_tree_skeleton():
 def test_blob_gets_a_centre_line_along_its_long_axis():
     yy, xx = np.mgrid[:40, :40]
     ellipse = ((yy - 20) / 9.0) ** 2 + ((xx - 20) / 4.0) ** 2 <= 1.0
-    gland = gm.measure_image(ellipse).glands[0]
+    gland = measures_mod.measure_image(ellipse).glands[0]
     assert gland.length == pytest.approx(19, abs=1.5)
     assert abs(gland.orientation) < 5.0
 
@@ -125,7 +128,7 @@ def test_separate_glands_are_counted_and_numbered_left_to_right():
     mask = np.zeros((80, 120), bool)
     for left in (100, 10, 55, 35, 78):
         mask[10:70, left:left + 6] = True
-    result = gm.measure_image(mask)
+    result = measures_mod.measure_image(mask)
     assert result.gland_count == 5
     cols = [g.centroid[1] for g in result.glands]
     assert cols == sorted(cols) and [g.gland_id for g in result.glands] == [1, 2, 3, 4, 5]
@@ -141,7 +144,7 @@ def touching_pair(bridge_rows=2):
 def test_two_glands_touching_at_a_neck_are_split():
     mask = touching_pair()
     assert ndi.label(mask)[1] == 1
-    result = gm.measure_image(mask)
+    result = measures_mod.measure_image(mask)
     assert result.gland_count == 2
     assert sum(g.area for g in result.glands) == mask.sum()     # no pixel lost
     for gland in result.glands:
@@ -150,8 +153,8 @@ def test_two_glands_touching_at_a_neck_are_split():
 
 
 def test_split_can_be_turned_off_and_a_wide_fusion_is_not_split():
-    assert gm.measure_image(touching_pair(), split_ratio=0).gland_count == 1
-    assert gm.measure_image(touching_pair(bridge_rows=12)).gland_count == 1
+    assert measures_mod.measure_image(touching_pair(), split_ratio=0).gland_count == 1
+    assert measures_mod.measure_image(touching_pair(bridge_rows=12)).gland_count == 1
 
 
 def tube(amplitude, period, rows, width):
@@ -166,39 +169,39 @@ def tube(amplitude, period, rows, width):
 def test_tortuous_gland_is_not_split():
     mask = tube(12, 40, 160, 6)
     assert ndi.label(mask)[1] == 1
-    assert gm.measure_image(mask).gland_count == 1
-    assert gm.measure_image(mask, split_ratio=0.7).gland_count == 1
+    assert measures_mod.measure_image(mask).gland_count == 1
+    assert measures_mod.measure_image(mask, split_ratio=0.7).gland_count == 1
 
 
 def test_beaded_gland_splits_only_where_its_necks_are_narrow_enough():
     mask = bar((80, 30), 10, 10, 60, 9)
     mask[38:42, 10:13] = mask[38:42, 16:19] = False              # a 3-px neck, a third of the width
-    assert gm.measure_image(mask, split_ratio=0.5).gland_count == 2
-    assert gm.measure_image(mask, split_ratio=0.2).gland_count == 1
+    assert measures_mod.measure_image(mask, split_ratio=0.5).gland_count == 2
+    assert measures_mod.measure_image(mask, split_ratio=0.2).gland_count == 1
 
 
 def test_split_pieces_below_min_area_are_merged_back():
     mask = bar((60, 40), 5, 5, 50, 9)
     mask[28:30, 14:16] = True     # 2 x 2 neck
     mask[27:31, 16:20] = True     # a 4 x 4 knob: its own marker, but below min_area
-    result = gm.measure_image(mask, min_area=20)
+    result = measures_mod.measure_image(mask, min_area=20)
     assert result.gland_count == 1 and result.glands[0].area == mask.sum()
 
 
 def test_min_area_filter():
     mask = bar((40, 60), 5, 5, 19, 1) | bar((40, 60), 5, 20, 20, 1) | bar((40, 60), 5, 40, 5, 5)
-    assert gm.measure_image(mask, min_area=20).gland_count == 2      # 19 px dropped, 20 and 25 kept
-    assert gm.measure_image(mask, min_area=21).gland_count == 1
-    assert gm.measure_image(mask, min_area=1).gland_count == 3
-    assert gm.measure_image(mask, min_area=21).gland_area == mask.sum()   # pixel totals use the mask as given
+    assert measures_mod.measure_image(mask, min_area=20).gland_count == 2      # 19 px dropped, 20 and 25 kept
+    assert measures_mod.measure_image(mask, min_area=21).gland_count == 1
+    assert measures_mod.measure_image(mask, min_area=1).gland_count == 3
+    assert measures_mod.measure_image(mask, min_area=21).gland_area == mask.sum()   # pixel totals use the mask as given
 
 
 def test_pixel_size_scales_lengths_and_areas():
     mask, _ = sine_gland(8, 60, 100, 6)
     eyelid = np.zeros_like(mask)
     eyelid[5:-5, :] = True
-    plain = gm.measure_image(mask, eyelid)
-    scaled = gm.measure_image(mask, eyelid, pixel_size=0.02)
+    plain = measures_mod.measure_image(mask, eyelid)
+    scaled = measures_mod.measure_image(mask, eyelid, pixel_size=0.02)
     a, b = plain.glands[0], scaled.glands[0]
     assert b.length == pytest.approx(0.02 * a.length)
     assert b.mean_width == pytest.approx(0.02 * a.mean_width)
@@ -223,7 +226,7 @@ def test_gland_area_ratio_on_a_hand_made_case():
     eyelid = rectangle_lid()                                     # 60 x 200 = 12000 px
     glands = bar(eyelid.shape, 30, 50, 40, 5) | bar(eyelid.shape, 30, 100, 40, 5)    # 400 px inside
     glands |= bar(eyelid.shape, 10, 150, 20, 5)                  # 100 px, half of them outside the lid
-    result = gm.measure_image(glands, eyelid)
+    result = measures_mod.measure_image(glands, eyelid)
     assert result.eyelid_area == 12000
     assert result.gland_area == 500
     assert result.gland_area_ratio == pytest.approx(450 / 12000)
@@ -241,36 +244,36 @@ def comb(eyelid, keep=lambda k: True, rows=None, width=6, pitch=16):
 
 def test_dropout_of_a_full_comb_is_about_zero():
     eyelid = rectangle_lid()        # width 200 columns -> L = 12: gaps of 10 columns are closed
-    lost = gm.dropout(comb(eyelid), eyelid)
+    lost = dropout_mod.dropout(comb(eyelid), eyelid)
     assert lost == pytest.approx(2 * 60 / 12000)    # only the 2 columns right of the last bar
     assert lost < 0.02
 
 
 def test_dropout_with_half_of_the_bars_missing_on_one_side():
     eyelid = rectangle_lid()
-    assert gm.dropout(comb(eyelid, keep=lambda k: k <= 6), eyelid) == pytest.approx(0.5, abs=0.05)
+    assert dropout_mod.dropout(comb(eyelid, keep=lambda k: k <= 6), eyelid) == pytest.approx(0.5, abs=0.05)
 
 
 def test_dropout_of_shortened_bars():
     eyelid = rectangle_lid()
-    lost = gm.dropout(comb(eyelid, rows=(56, 80)), eyelid)       # the lower 24 of 60 rows
+    lost = dropout_mod.dropout(comb(eyelid, rows=(56, 80)), eyelid)       # the lower 24 of 60 rows
     assert lost == pytest.approx(1 - 198 * 24 / 12000)          # closed columns 10..207
 
 
 def test_dropout_gap_fraction_decides_which_gaps_count():
     eyelid = rectangle_lid()
-    assert gm.dropout(comb(eyelid), eyelid, gap_fraction=0.05) > 0.4   # L = 10 leaves 10-px gaps open
-    assert gm.dropout(comb(eyelid), eyelid, gap_fraction=0.055) < 0.02  # L = 11 closes them
+    assert dropout_mod.dropout(comb(eyelid), eyelid, gap_fraction=0.05) > 0.4   # L = 10 leaves 10-px gaps open
+    assert dropout_mod.dropout(comb(eyelid), eyelid, gap_fraction=0.055) < 0.02  # L = 11 closes them
 
 
 def test_dropout_without_eyelid_is_nan_and_the_scores_blank():
     glands = bar((50, 50), 5, 5, 30, 5)
-    assert math.isnan(gm.dropout(glands, np.zeros_like(glands)))
-    result = gm.measure_image(glands)
+    assert math.isnan(dropout_mod.dropout(glands, np.zeros_like(glands)))
+    result = measures_mod.measure_image(glands)
     assert all(math.isnan(v) for v in (result.eyelid_area, result.gland_area_ratio, result.dropout))
     assert result.meiboscore is None and result.meibo_scale is None
     assert result.glands[0].reaches_margin is None and result.glands[0].margin_distance is None
-    assert gm.measure_image(glands, np.zeros_like(glands)).meiboscore is None
+    assert measures_mod.measure_image(glands, np.zeros_like(glands)).meiboscore is None
 
 
 def reference_closing(mask, length):
@@ -285,7 +288,7 @@ def test_row_closing_matches_the_definition(length):
     rng = np.random.default_rng(length)
     mask = rng.random((30, 60)) < 0.3
     mask[:, 0] = True                                   # foreground on the image border
-    closed = gm.close_rows(mask, length)
+    closed = dropout_mod.close_rows(mask, length)
     np.testing.assert_array_equal(closed, reference_closing(mask, length))
     assert closed[:, 0].all()                           # no erosion at the border
 
@@ -293,7 +296,7 @@ def test_row_closing_matches_the_definition(length):
 def test_row_closing_fills_gaps_up_to_length_minus_one():
     row = np.zeros((1, 20), bool)
     row[0, [2, 7, 15]] = True                           # gaps of 4 and 7 pixels; open ends
-    closed = gm.close_rows(row, 5)[0]
+    closed = dropout_mod.close_rows(row, 5)[0]
     assert closed[2:8].all() and not closed[8:15].any()
     assert not closed[:2].any() and not closed[16:].any()
 
@@ -308,35 +311,35 @@ def test_dropout_matches_the_definition_on_a_curved_lid():
     for x0 in range(30, 280, 13):
         if rng.random() < 0.8:
             glands[int(rng.integers(25, 60)):95, x0:x0 + 5] = True
-    length = gm.round_half_up(0.06 * eyelid.any(axis=0).sum())
+    length = dropout_mod.round_half_up(0.06 * eyelid.any(axis=0).sum())
     expected = 1 - (eyelid & reference_closing(glands, length)).sum() / eyelid.sum()
-    assert gm.dropout(glands, eyelid) == pytest.approx(expected, abs=1e-12)
+    assert dropout_mod.dropout(glands, eyelid) == pytest.approx(expected, abs=1e-12)
 
 
 def test_reaches_margin_with_tolerance_and_side():
     eyelid = rectangle_lid()                             # edges: top row 20, bottom row 79
     glands = bar(eyelid.shape, 30, 40, 46, 5) | bar(eyelid.shape, 30, 100, 20, 5)   # end rows 75 and 49
-    result = gm.measure_image(glands, eyelid, margin_side="bottom", margin_tolerance=10)
+    result = measures_mod.measure_image(glands, eyelid, margin_side="bottom", margin_tolerance=10)
     near, far = result.glands
     assert result.margin_side == "bottom"
     assert near.reaches_margin is True and near.margin_distance == pytest.approx(4.0)
     assert far.reaches_margin is False and far.margin_distance == pytest.approx(30.0)
-    tight = gm.measure_image(glands, eyelid, margin_side="bottom", margin_tolerance=3)
+    tight = measures_mod.measure_image(glands, eyelid, margin_side="bottom", margin_tolerance=3)
     assert tight.glands[0].reaches_margin is False
-    top = gm.measure_image(glands, eyelid, margin_side="top").glands
+    top = measures_mod.measure_image(glands, eyelid, margin_side="top").glands
     assert [g.margin_distance for g in top] == [pytest.approx(10.0), pytest.approx(10.0)]
 
 
 def test_auto_margin_side_is_the_edge_the_glands_crowd():
     eyelid = rectangle_lid()
     shortened = comb(eyelid, rows=(56, 80))              # attached to the bottom edge
-    result = gm.measure_image(shortened, eyelid)
+    result = measures_mod.measure_image(shortened, eyelid)
     assert result.margin_side == "bottom" and all(g.reaches_margin for g in result.glands)
-    flipped = gm.measure_image(shortened[::-1], eyelid[::-1])
+    flipped = measures_mod.measure_image(shortened[::-1], eyelid[::-1])
     assert flipped.margin_side == "top" and all(g.reaches_margin for g in flipped.glands)
-    assert gm.measure_image(shortened).margin_side is None
+    assert measures_mod.measure_image(shortened).margin_side is None
     with pytest.raises(ValueError):
-        gm.measure_image(shortened, eyelid, margin_side="left")
+        measures_mod.measure_image(shortened, eyelid, margin_side="left")
 
 
 # ----------------------------------------------------------------------------- scores
@@ -347,8 +350,8 @@ def test_auto_margin_side_is_the_edge_the_glands_crowd():
     (0.7501, 3, 4), (1.0, 3, 4), (math.nan, None, None),
 ])
 def test_meiboscore_and_meibo_scale_boundaries(value, score, scale):
-    assert gm.meiboscore(value) == score
-    assert gm.meibo_scale(value) == scale
+    assert dropout_mod.meiboscore(value) == score
+    assert dropout_mod.meibo_scale(value) == scale
 
 
 def hand_table_ratings():
@@ -425,7 +428,7 @@ def test_agreement_table_pairs_by_name():
 def test_overlay_draws_eyelid_centre_lines_and_ids():
     eyelid = rectangle_lid()
     glands = comb(eyelid, keep=lambda k: k in (2, 6))
-    result = gm.measure_image(glands, eyelid)
+    result = measures_mod.measure_image(glands, eyelid)
     image = np.full(eyelid.shape, 0.2, np.float32)
     picture = draw_gland_overlay(image, result.glands, eyelid)
     assert picture.shape == (*eyelid.shape, 3) and picture.dtype == np.uint8
@@ -456,18 +459,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     write_png(tmp_path / "masks" / "img1.png", comb(eyelid))                          # 13 glands
     write_png(tmp_path / "masks" / "img2.png", comb(eyelid, keep=lambda k: k < 5))    # 5 glands
     write_png(tmp_path / "eyelids" / "img1.png", eyelid)
-    gm.main([str(tmp_path / "masks"), "--eyelid-dir", str(tmp_path / "eyelids"), "--pixel-size", "0.5",
+    command.main([str(tmp_path / "masks"), "--eyelid-dir", str(tmp_path / "eyelids"), "--pixel-size", "0.5",
              "--no-progress"])
     out = capsys.readouterr()
     assert out.out.count("\n") == 1 and "2 masks: 18 glands" in out.out
     assert "img2" in out.err                                   # warned: no eyelid mask
     columns, glands = read_csv(tmp_path / "glands.csv")       # default: MASK_DIR's parent
-    assert tuple(columns) == gm.GLAND_COLUMNS and len(glands) == 18
+    assert tuple(columns) == glands_mod.GLAND_COLUMNS and len(glands) == 18
     assert [g["gland_id"] for g in glands[:3]] == ["1", "2", "3"]
     assert float(glands[0]["area"]) == pytest.approx(6 * 60 * 0.25)
     assert glands[0]["reaches_margin"] == "1" and glands[-1]["reaches_margin"] == ""
     columns, images = read_csv(tmp_path / "images.csv")
-    assert tuple(columns) == gm.IMAGE_COLUMNS and [r["name"] for r in images] == ["img1", "img2"]
+    assert tuple(columns) == measures_mod.IMAGE_COLUMNS and [r["name"] for r in images] == ["img1", "img2"]
     assert images[0]["gland_count"] == "13" and images[0]["meiboscore"] == "0"
     assert float(images[0]["dropout"]) == pytest.approx(0.01)
     assert images[1]["dropout"] == images[1]["eyelid_area"] == images[1]["meiboscore"] == ""
@@ -476,18 +479,18 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 def test_cli_output_folder_and_errors(tmp_path):
     write_png(tmp_path / "masks" / "a.png", bar((40, 40), 5, 5, 30, 5))
-    gm.main([str(tmp_path / "masks"), "--output", str(tmp_path / "out"), "--no-progress"])
+    command.main([str(tmp_path / "masks"), "--output", str(tmp_path / "out"), "--no-progress"])
     assert (tmp_path / "out" / "glands.csv").is_file() and (tmp_path / "out" / "images.csv").is_file()
     write_png(tmp_path / "eyelids" / "a.png", np.ones((40, 50), bool))
     with pytest.raises(InputError, match="must match"):
-        gm.main([str(tmp_path / "masks"), "--eyelid-dir", str(tmp_path / "eyelids"), "--no-progress"])
+        command.main([str(tmp_path / "masks"), "--eyelid-dir", str(tmp_path / "eyelids"), "--no-progress"])
     with pytest.raises(InputError, match="does not exist"):
-        gm.main([str(tmp_path / "missing"), "--no-progress"])
+        command.main([str(tmp_path / "missing"), "--no-progress"])
     with pytest.raises(InputError, match="pixel-size"):
-        gm.main([str(tmp_path / "masks"), "--pixel-size", "0"])
+        command.main([str(tmp_path / "masks"), "--pixel-size", "0"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no masks"):
-        gm.main([str(tmp_path / "empty")])
+        command.main([str(tmp_path / "empty")])
 
 
 def test_cli_help_and_one_line_errors():
@@ -513,7 +516,7 @@ def test_benchmark_runs_and_prints():
 def test_dropout_of_generated_lids_matches_their_known_dropout(tmp_path):
     """The synthetic generator knows each lid's dropout by construction (removed and shortened
     glands); measured from its gland and eyelid masks it is within 5 points, at every grade."""
-    from utils.make_demo_data import DROPOUT_CSV, generate_dataset
+    from utils.synthetic.generate import DROPOUT_CSV, generate_dataset
     generate_dataset(tmp_path, patients=8, images_per_patient=2, size=(256, 128), seed=5, progress=False)
     with open(tmp_path / DROPOUT_CSV, newline="") as handle:
         truth = {row["name"]: float(row["dropout"]) for row in csv.DictReader(handle)}
@@ -521,4 +524,4 @@ def test_dropout_of_generated_lids_matches_their_known_dropout(tmp_path):
     for name, expected in truth.items():
         glands = cv2.imread(str(tmp_path / "Label" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
         eyelid = cv2.imread(str(tmp_path / "Eyelid" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
-        assert gm.measure_image(glands, eyelid).dropout == pytest.approx(expected, abs=0.05), name
+        assert measures_mod.measure_image(glands, eyelid).dropout == pytest.approx(expected, abs=0.05), name

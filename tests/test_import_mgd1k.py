@@ -1,4 +1,4 @@
-"""utils.import_mgd1k: names, patient grouping, mirroring, lid selection, masks, grades, warnings."""
+"""dataloaders.importers.mgd1k: names, patient grouping, mirroring, lid selection, masks, grades, warnings."""
 from __future__ import annotations
 
 import re
@@ -12,9 +12,10 @@ import pytest
 
 from dataloaders.dataset import DatasetFolder, read_image
 from utils.errors import InputError, run_cli
-from utils.import_mgd1k import (SourceKey, binarise_mask, compact_channels, import_mgd1k, main,
-                                next_commands, output_name, parse_grades, parse_source_name)
-from utils.make_folds import patient_ids
+from dataloaders.importers.mgd1k import (SourceKey, binarise_mask, compact_channels, import_mgd1k, output_name,
+                                         parse_grades, parse_source_name)
+from utils.import_mgd1k import main, next_commands
+from dataloaders.splits import patient_ids
 
 H, W = 32, 64                     # deliberately not square, to catch swapped axes
 PATIENTS = (3, 7, 12)

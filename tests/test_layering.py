@@ -1,16 +1,24 @@
 """The package layering stays one-directional: read every project import and check it.
 
-The agreed direction (README, "Layout"), lowest layer first; a module may import
-modules of its own layer or of lower layers only:
+Layers by package, lowest first; a module may import modules of its own layer or of
+lower layers only (README, "Layout"):
 
-0. leaf: errors, one-hot, the atomic file writer, the no-autocast helper, the spatial transformer;
-1. networks and losses (``networks/``) and the metrics;
-2. data loading (``dataloaders/``);
-3. training engine, stages and tools (the rest of ``utils/``);
-4. the scripts at the top level.
+0. the small leaves: the modules directly in ``utils/`` that are no command (errors,
+   files, cli, onehot, precision);
+1. ``networks`` (networks, losses, the spatial transformer, RSGM, RNSF);
+2. ``dataloaders`` (dataset folders, fold files and splits, grades, pre-alignment,
+   importers, training and evaluation samples);
+3. ``utils.training`` (the engine) and ``utils.clinical`` (measures from masks);
+4. ``utils.evaluation`` (metrics, loops, comparisons, prediction, pictures) and
+   ``utils.synthetic`` (the demo data);
+5. ``utils.stages`` (the training methods);
+6. the commands: the scripts at the top level and the ``python -m utils.<command>``
+   modules (a module directly in ``utils/`` with an ``if __name__ == "__main__"`` block).
 
-Also: no module-level import cycle, no project import inside a function, and nothing
-under ``networks/`` reads image files, draws progress bars or writes TensorBoard logs.
+A new package under ``utils/`` fails :func:`test_every_package_has_a_layer` until it is
+given one here. Also: no module-level import cycle, no project import inside a
+function, and nothing under ``networks/`` reads image files, draws progress bars or
+writes TensorBoard logs.
 """
 from __future__ import annotations
 
@@ -20,15 +28,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("networks", "dataloaders", "utils")
-LAYERS = {  # module-name prefix -> layer; the longest matching prefix wins
-    "utils.errors": 0, "utils.onehot": 0, "utils.files": 0, "utils.precision": 0,
-    "networks.spatial_transformer": 0,
-    "networks": 1, "utils.metrics": 1,
-    "dataloaders": 2,
-    "utils": 3,
-}
-SCRIPT_LAYER = 4
+PACKAGE_LAYERS = {"networks": 1, "dataloaders": 2, "utils.training": 3, "utils.clinical": 3,
+                  "utils.evaluation": 4, "utils.synthetic": 4, "utils.stages": 5}
+LEAF_LAYER, COMMAND_LAYER = 0, 6
 FORBIDDEN_IN_NETWORKS = {"tqdm", "tensorboard", "torch.utils.tensorboard", "cv2", "PIL", "imageio", "skimage.io"}
 
 
@@ -78,15 +80,40 @@ def project_edges() -> dict[str, set[str]]:
     return edges
 
 
+def is_command(module: str) -> bool:
+    """A top-level script, or a ``python -m utils.<command>`` module."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return module not in {"networks", "dataloaders", "utils"}
+    return len(parts) == 2 and parts[0] == "utils" and any(
+        isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for node in MODULES[module].body)
+
+
 def layer(module: str) -> int:
-    matches = [prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")]
-    return LAYERS[max(matches, key=len)] if matches else SCRIPT_LAYER
+    if is_command(module):
+        return COMMAND_LAYER
+    parts = module.split(".")
+    for depth in (2, 1):
+        if ".".join(parts[:depth]) in PACKAGE_LAYERS:
+            return PACKAGE_LAYERS[".".join(parts[:depth])]
+    if parts[0] == "utils" and len(parts) <= 2:
+        return LEAF_LAYER
+    raise KeyError(f"{module} is in no layer: give its package one in PACKAGE_LAYERS")
 
 
-def test_every_project_module_is_seen():
+def test_every_package_has_a_layer():
+    for module in MODULES:
+        layer(module)
+    packages = {p.name for p in (ROOT / "utils").iterdir() if (p / "__init__.py").is_file()}
+    assert {f"utils.{name}" for name in packages} <= set(PACKAGE_LAYERS)
+
+
+def test_layers_are_read_by_package():
     assert {"networks.spatial_transformer", "dataloaders.dataset", "utils.training.engine"} <= set(MODULES)
-    assert layer("utils.onehot") == 0 and layer("networks.rsgm") == 1 and layer("dataloaders.sampling") == 2
-    assert layer("utils.training.engine") == 3 and layer("5fold_Train_Reg") == SCRIPT_LAYER
+    assert layer("utils.onehot") == LEAF_LAYER and layer("networks.rsgm") == 1 and layer("dataloaders.sampling") == 2
+    assert layer("utils.training.engine") == 3 and layer("utils.stages.ss_mgs") == 5
+    assert layer("utils.make_folds") == COMMAND_LAYER and layer("5fold_Train_Reg") == COMMAND_LAYER
+    assert layer("utils.errors") == LEAF_LAYER
 
 
 def test_no_import_against_the_direction():

@@ -14,10 +14,11 @@ import torch
 
 from dataloaders.dataset import read_label
 from networks.spatial_transformer import compose, field_from_affine, warp
-from utils import demo_realistic as realistic
-from utils import demo_geometry as geometry
-from utils import make_demo_data as demo
-from utils.gland_measures import meiboscore
+from utils.synthetic import realistic
+from utils.synthetic import geometry
+from utils import make_demo_data as demo_command
+from utils.synthetic import generate as demo
+from utils.clinical.dropout import meiboscore
 from utils.errors import InputError, run_cli
 
 SIZE = (128, 64)   # (W, H): deliberately not square, to catch swapped axes
@@ -476,7 +477,7 @@ def test_existing_data_needs_overwrite_which_only_replaces_demo_files(tmp_path):
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
-        run_cli(demo.main, [str(tmp_path / "d"), "--no-progress", *argv])
+        run_cli(demo_command.main, [str(tmp_path / "d"), "--no-progress", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
@@ -487,14 +488,14 @@ def test_cli_writes_a_dataset_and_refuses_a_second_time(tmp_path, capsys):
     out = tmp_path / "d"
     argv = [str(out), "--patients", "2", "--images-per-patient", "2", "--size", "64", "32",
             "--seed", "3", "--no-progress"]
-    run_cli(demo.main, argv)
+    run_cli(demo_command.main, argv)
     assert len(list((out / "Image").iterdir())) == len(list((out / "Eyelid").iterdir())) == 4
     assert (out / demo.DROPOUT_CSV).is_file()
     assert "make_folds" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
-        run_cli(demo.main, argv)
+        run_cli(demo_command.main, argv)
     assert exc.value.code == 2
-    run_cli(demo.main, argv + ["--overwrite", "--style", "simple"])
+    run_cli(demo_command.main, argv + ["--overwrite", "--style", "simple"])
     assert not (out / demo.DROPOUT_CSV).exists()
 
 

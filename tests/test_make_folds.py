@@ -1,4 +1,4 @@
-"""utils.make_folds: patient-disjoint 5-fold splits, Atlas choice, patient ids, errors."""
+"""dataloaders.splits: patient-disjoint 5-fold splits, Atlas choice, patient ids, errors."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from dataloaders.dataset import load_fold
+from dataloaders.folds import load_fold
 from utils.errors import InputError, run_cli
-from utils.make_folds import (DEFAULT_PATIENT_REGEX, check_folds, choose_atlas, main, make_folds,
-                              patient_ids, split_patients)
+from dataloaders.splits import DEFAULT_PATIENT_REGEX, check_folds, choose_atlas, make_folds, patient_ids, split_patients
+from utils.make_folds import main
 
 H, W = 32, 48
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import dataloaders.dataset as dataset_module
-from dataloaders.dataset import DatasetFolder, load_fold
-from utils.make_demo_data import generate_dataset
-from utils.make_folds import make_folds
+from dataloaders.dataset import DatasetFolder
+from dataloaders.folds import load_fold
+from utils.synthetic.generate import generate_dataset
+from dataloaders.splits import make_folds
 from utils.stages.registration import RegistrationStage
 from utils.stages.registration import build_parser as registration_parser
 from utils.stages.segmentation_methods import METHODS, build_parser, build_stage, check_args

@@ -1,4 +1,4 @@
-"""utils.metrics against hand-computed values and a brute-force HD95."""
+"""utils.evaluation.metrics against hand-computed values and a brute-force HD95."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import (evaluate_mask, hd95, mask_metrics, masks_from_scores, summarise,
+from utils.evaluation.metrics import (evaluate_mask, hd95, mask_metrics, masks_from_scores, summarise,
                            warped_mask_metrics)
 from utils.onehot import class_index, one_hot
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import utils.prealign as prealign_cli
 from dataloaders.prealignment import cache as prealign
 from dataloaders.prealignment import estimation
 from dataloaders.dataset import DatasetFolder
+from dataloaders.folds import patient_groups
 from networks.spatial_transformer import warp
 from utils.errors import InputError
 
@@ -368,15 +368,15 @@ def write_fold(root: Path, k: int, train, val, test) -> None:
     (root / f"train_dict{k}.json").write_text(json.dumps(data))
 
 
-def test_patients_from_folds(tmp_path):
+def test_patient_groups_from_folds(tmp_path):
     root = make_dataset(tmp_path / "data", patients=("P001", "P002", "P003"))
     g1, g2, g3 = groups(("P001", "P002", "P003"))
     folder = DatasetFolder(root)
     with pytest.raises(InputError, match="run python -m utils.make_folds"):
-        prealign_cli.patients_from_folds(root, folder)
+        patient_groups(root, folder)
     write_fold(root, 1, [g1], [g2], [g3])
     write_fold(root, 3, [g3[::-1]], [g1], [g2])  # other order, other fold: same groups
-    assert prealign_cli.patients_from_folds(root, folder) == [g1, g2, g3]
+    assert patient_groups(root, folder) == [g1, g2, g3]
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:

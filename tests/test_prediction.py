@@ -8,7 +8,7 @@ import torch
 
 from networks.segmentation_net import SegmentationNet
 from utils.files import atomic_save
-from utils.prediction import gland_probability, load_fold_models
+from utils.evaluation.prediction import gland_probability, load_fold_models
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from dataloaders.dataset import Subject
+from dataloaders.folds import Subject
 from dataloaders.registration_cache import RegistrationOutputCache
 from networks.rsgm import (_beta_johnk, registration_outputs,
                            rsgm_generate, sample_coefficients)

@@ -173,7 +173,7 @@ def test_rotation_velocity_integrates_to_the_rotation_and_does_not_fold():
     rotation by w (radians), p -> c + R(w) (p - c); the direct use of the same field as a
     displacement (what the paper's network outputs) folds once w is large."""
     from networks.spatial_transformer import integrate_velocity
-    from utils.metrics import jacobian_statistics
+    from utils.evaluation.metrics import jacobian_statistics
     size, w = 64, 1.2
     rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
                                 indexing="ij")
@@ -192,7 +192,7 @@ def test_integrated_vortex_does_not_fold_where_the_direct_displacement_does():
     """A strong local vortex: used directly as a displacement (the paper's output) it folds;
     integrated as a velocity (``--diffeomorphic``) it does not."""
     from networks.spatial_transformer import integrate_velocity
-    from utils.metrics import jacobian_statistics
+    from utils.evaluation.metrics import jacobian_statistics
     size = 64
     rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
                                 indexing="ij")

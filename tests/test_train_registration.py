@@ -10,14 +10,16 @@ import pytest
 import torch
 
 import utils.stages.registration as registration_stage
-from dataloaders.dataset import DatasetFolder, load_fold
+from dataloaders.dataset import DatasetFolder
+from dataloaders.folds import load_fold
 from dataloaders.prealignment.cache import ensure_prealignment
 from dataloaders.registration_data import RegistrationPairSet
 from networks.registration_net import RegistrationNet
-from utils.evaluation import evaluate_registration
-from utils.metrics import summarise
+from utils.evaluation.loops import evaluate_registration
+from utils.evaluation.metrics import summarise
 from utils.stages.registration import RegistrationStage, build_parser
-from utils.training.checkpoints import find_best_checkpoint, load_checkpoint, load_registration_network
+from utils.stages.registration import load_registration_network
+from utils.training.checkpoints import find_best_checkpoint, load_checkpoint
 from utils.training.engine import TrainingDiverged
 from utils.training.fold_runner import train_folds
 
@@ -109,7 +111,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bent_dataset, 
 
 def test_diffeomorphic_setting_is_recorded_and_used_by_every_consumer(bent_dataset, tmp_path):
     from networks.spatial_transformer import integrate_velocity
-    from utils.training.checkpoints import load_registration_network
     runs = tmp_path / "runs"
     train(["--data-dir", str(bent_dataset), "--fold", "1", "--exp", "D", "--runs-dir", str(runs), "--device", "cpu",
            "--epochs", "1", "--iters", "3", "--lr", "1e-2", "--workers", "0", "--no-progress", "--diffeomorphic",

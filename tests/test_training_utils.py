@@ -1,4 +1,4 @@
-"""utils.training (set-up, checkpoints, resume, NaN guard, memory), utils.files and utils.visualise."""
+"""utils.training (set-up, checkpoints, resume, NaN guard, memory), utils.files and utils.evaluation.visualise."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from utils.training.engine import TrainingDiverged, check_finite, make_writer
 from utils.training.rng_state import restore_rng_state, rng_state
 from utils.training.runtime import make_generator, seed_everything, seed_worker, select_device, use_amp
 from utils.training.schedules import ramp_up
-from utils.visualise import (deformation_grid, grid_lines, image_grid_panel, overlay_mask, save_png,
+from utils.evaluation.visualise import (deformation_grid, grid_lines, image_grid_panel, overlay_mask, save_png,
                              tp_fp_fn_overlay)
 
 

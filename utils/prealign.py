@@ -1,4 +1,4 @@
-"""Command line of the intra-patient affine pre-alignment (METHOD.md section 1).
+"""Command: the intra-patient affine pre-alignment (docs/METHOD.md section 1).
 
     python -m utils.prealign DATA_DIR [--workers N] [--resize W H] [--quiet]
 
@@ -13,48 +13,15 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from dataloaders.dataset import NUM_FOLDS, DatasetFolder, fold_path, load_fold
+from dataloaders.dataset import DatasetFolder
+from dataloaders.folds import patient_groups
 from dataloaders.prealignment.cache import CACHE_NAME, Prealignment, ensure_prealignment
-from utils.errors import InputError, run_cli
-
-
-# --------------------------------------------------------------------------- folds and CLI
-
-def patients_from_folds(data_dir: str | os.PathLike, folder: DatasetFolder) -> list[list[str]]:
-    """Image-name groups, one per patient, from every ``train_dict{1..5}.json`` present.
-
-    Subjects of different folds that share an image are merged into one group.
-    """
-    data_dir = Path(data_dir)
-    present = [k for k in range(1, NUM_FOLDS + 1) if fold_path(data_dir, k).is_file()]
-    if not present:
-        raise InputError(f"no fold files (train_dict1.json ... train_dict{NUM_FOLDS}.json) in {data_dir}: "
-                         f"run python -m utils.make_folds {data_dir} first")
-    parent: dict[str, str] = {}
-
-    def find(name: str) -> str:
-        while parent[name] != name:
-            parent[name] = parent[parent[name]]
-            name = parent[name]
-        return name
-
-    for k in present:
-        fold = load_fold(data_dir, k, folder)
-        for subject in fold.patients:
-            images = subject.images
-            for name in images:
-                parent.setdefault(name, name)
-            for name in images[1:]:
-                parent[find(name)] = find(images[0])
-    groups: dict[str, list[str]] = {}
-    for name in sorted(parent):
-        groups.setdefault(find(name), []).append(name)
-    return sorted(groups.values())
+from utils.cli import OneLineErrorParser
+from utils.errors import run_cli
 
 
 def _positive_int(text: str) -> int:
@@ -68,7 +35,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m utils.prealign",
         description="Affine pre-alignment of every ordered pair of images of each patient listed in "
                     "DATA_DIR/train_dict*.json (OpenCV ECC on an image pyramid). Matrices are cached in "
@@ -87,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> Prealignment:
     args = build_parser().parse_args(argv)
     folder = DatasetFolder(args.data_dir, resize=tuple(args.resize) if args.resize else None)
-    patients = patients_from_folds(args.data_dir, folder)
+    patients = patient_groups(args.data_dir, folder)
     start = time.perf_counter()
     try:
         pre = ensure_prealignment(folder, patients, workers=args.workers, progress=not args.quiet)

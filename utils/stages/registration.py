@@ -1,4 +1,5 @@
-"""The registration stage (METHOD.md section 2): its flags, its training step, its stage.
+"""The registration stage (docs/METHOD.md section 2): its flags, its training step, its stage, and
+loading a trained registration network.
 
 Training pairs are affinely pre-aligned intra-patient pairs; each is trained in both
 directions with ``(1 - SSIM) + NCC + 0.1 smooth``. Validation warps the pre-aligned
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -18,10 +20,12 @@ from networks.losses import ncc_loss, smoothness_loss, ssim_loss
 from networks.registration_net import RegistrationNet
 from networks.spatial_transformer import warp, warp_label
 from utils.cli import add_common_args, add_training_args
-from utils.evaluation import evaluate_registration
-from utils.metrics import summarise
+from utils.evaluation.loops import evaluate_registration
+from utils.evaluation.metrics import summarise
+from utils.errors import InputError
+from utils.training.checkpoints import load_checkpoint, load_network
 from utils.training.engine import FiniteCheck, Stage, Validation
-from utils.visualise import deformation_grid, image_grid_panel, overlay_mask
+from utils.evaluation.visualise import deformation_grid, image_grid_panel, overlay_mask
 
 VAL_KEYS = ("iou", "dice", "recall")
 FIELD_KEYS = ("folding_fraction", "jacobian_mean", "jacobian_min")  # plausibility of the fields
@@ -81,6 +85,21 @@ def registration_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, a:
             terms[name] = terms.get(name, 0.0) + value.item()
     optimizer.step()
     return terms
+
+
+def load_registration_network(path: str | Path, device: torch.device) -> tuple[RegistrationNet, dict]:
+    """The registration network of a checkpoint, rebuilt with the settings it was trained with
+    (``"network"``: e.g. the velocity integration of ``--diffeomorphic``; a checkpoint
+    without them is the paper's direct-displacement network)."""
+    path = Path(path)
+    state = load_checkpoint(path, map_location=device) if path.is_file() else None
+    config = (state.get("network") or {}) if isinstance(state, dict) else {}
+    try:
+        net = RegistrationNet(**config)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: unknown registration network settings {config} ({exc}); "
+                         f"was it written by a newer version?") from None
+    return load_network(path, net, device, state)
 
 
 class RegistrationStage(Stage):

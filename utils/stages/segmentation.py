@@ -20,12 +20,12 @@ from dataloaders.dataset import TARGETS
 from dataloaders.segmentation_data import MaskTrainSet, SegmentationEvalSet, SegmentationTrainSet
 from networks.segmentation_net import SegmentationNet
 from utils.errors import InputError
-from utils.evaluation import evaluate_segmentation
-from utils.metrics import summarise
+from utils.evaluation.loops import evaluate_segmentation
+from utils.evaluation.metrics import summarise
 from utils.onehot import class_index
 from utils.training.engine import Stage, Validation
 from utils.training.runtime import use_amp
-from utils.visualise import image_grid_panel
+from utils.evaluation.visualise import image_grid_panel
 
 VAL_KEYS = ("iou", "dice", "recall", "accuracy", "hd95")
 

@@ -20,7 +20,8 @@ from networks.registration_net import RegistrationNet
 from networks.rnsf import rnsf_loss
 from networks.rsgm import rsgm_generate, sample_coefficients
 from networks.weights import freeze
-from utils.training.checkpoints import find_best_checkpoint, load_registration_network, run_dir_for
+from utils.stages.registration import load_registration_network
+from utils.training.checkpoints import find_best_checkpoint, run_dir_for
 from utils.training.engine import FiniteCheck
 from utils.training.runtime import make_generator
 from utils.training.schedules import ramp_up

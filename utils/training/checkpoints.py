@@ -21,7 +21,6 @@ from typing import Any, Mapping
 
 import torch
 
-from networks.registration_net import RegistrationNet
 from utils.errors import InputError
 from utils.files import atomic_save, atomic_write_json
 from utils.training.rng_state import restore_rng_state, rng_state
@@ -257,18 +256,3 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -
     for path in earlier:
         path.unlink()
     return run_dir
-
-
-def load_registration_network(path: str | Path, device: torch.device) -> tuple[RegistrationNet, dict]:
-    """The registration network of a checkpoint, rebuilt with the settings it was trained with
-    (``"network"``: e.g. the velocity integration of ``--diffeomorphic``; a checkpoint
-    without them is the paper's direct-displacement network)."""
-    path = Path(path)
-    state = load_checkpoint(path, map_location=device) if path.is_file() else None
-    config = (state.get("network") or {}) if isinstance(state, dict) else {}
-    try:
-        net = RegistrationNet(**config)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{path}: unknown registration network settings {config} ({exc}); "
-                         f"was it written by a newer version?") from None
-    return load_network(path, net, device, state)

@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
-from dataloaders.dataset import DatasetFolder, parse_folds
+from dataloaders.dataset import DatasetFolder
+
+from dataloaders.folds import parse_folds
 from dataloaders.fold_data import FoldData, open_fold
 from utils.training.checkpoints import prepare_run_dir, run_dir_for
 from utils.training.engine import FitSettings, Stage, Validation, fit

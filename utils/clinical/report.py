@@ -1,28 +1,25 @@
 """Clinical measures in the test report: agreement of the measures on predicted and on true
 gland masks, and of the estimated meiboscore with clinicians' grades.
 
-For every test image, :func:`utils.gland_measures.measure_image` runs on the predicted
+For every test image, :func:`utils.clinical.measures.measure_image` runs on the predicted
 and on the true gland mask, both with the image's true eyelid mask
 (``Eyelid/<name>.png``; without one the eyelid-dependent measures are blank and only
-the gland count is compared). :func:`utils.agreement.agreement_table` pairs the two.
-A grades file (``name,grade``, header optional, grades 0-3 as clinicians gave them,
-e.g. the ``grades.csv`` of ``utils.import_mgd1k``) is compared with the meiboscore
-estimated from the predicted mask.
+the gland count is compared). :func:`utils.clinical.agreement.agreement_table` pairs the two.
+A grades file (``name,grade``, grades 0-3 as clinicians gave them, read by
+:func:`dataloaders.grades.read_grades`) is compared with the meiboscore estimated from
+the predicted mask.
 """
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from utils.agreement import confusion_matrix, weighted_kappa
-from utils.errors import InputError
-from utils.gland_measures import measure_image
+from dataloaders.grades import GRADES
+from utils.clinical.agreement import confusion_matrix, weighted_kappa
+from utils.clinical.measures import measure_image
 
-GRADES = (0, 1, 2, 3)
 AGREEMENT_COLUMNS = ["name", "count_error", "gland_area_ratio_error", "dropout_error", "meiboscore_pred",
                      "meiboscore_true"]
 
@@ -32,36 +29,6 @@ def measure_pair(name: str, predicted: np.ndarray, true: np.ndarray, eyelid: np.
     """``images.csv`` rows of the predicted and the true gland mask of one image."""
     return (measure_image(predicted, eyelid, pixel_size=pixel_size).row(name),
             measure_image(true, eyelid, pixel_size=pixel_size).row(name))
-
-
-def read_grades(path: str | Path) -> dict[str, int]:
-    """``name,grade`` rows (a header row, a ``.png``/``.jpg`` suffix on the name, a BOM and blank
-    lines are tolerated) -> ``{name: grade}``; a malformed row or grade is a one-line InputError."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--grades {path}: cannot be read ({exc})") from None
-    grades: dict[str, int] = {}
-    for number, row in enumerate(csv.reader(text.splitlines()), start=1):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2:
-            raise InputError(f"{path}, line {number}: expected 'name,grade', got {','.join(row)!r}")
-        name, grade = row[0].strip(), row[1].strip()
-        if number == 1 and not grade.lstrip("-").replace(".", "", 1).isdigit():
-            continue  # a header
-        try:
-            value = float(grade)
-        except ValueError:
-            raise InputError(f"{path}, line {number}: grade {grade!r} is not a number 0-3") from None
-        if value not in GRADES:
-            raise InputError(f"{path}, line {number}: grade {grade} is not one of 0, 1, 2, 3")
-        grades[Path(name).stem if Path(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif",
-                                                               ".tiff") else name] = int(value)
-    if not grades:
-        raise InputError(f"--grades {path} holds no 'name,grade' rows")
-    return grades
 
 
 def grade_agreement(pred_rows: Iterable[Mapping[str, Any]], grades: Mapping[str, int]) -> dict[str, Any]:
@@ -84,7 +51,7 @@ def _kappa_text(kappa: float) -> str:
 
 
 def report_lines(exp: str, summary: Mapping[str, Any], grades: Mapping[str, Any] | None) -> list[str]:
-    """Printable summary of :func:`utils.agreement.agreement_table` (and of :func:`grade_agreement`)."""
+    """Printable summary of :func:`utils.clinical.agreement.agreement_table` (and of :func:`grade_agreement`)."""
     lines = [f"{exp}: measures on predicted vs true masks over {summary['n_images']} test images: gland count "
              f"MAE {summary['count_mae']:.2f}, gland area ratio MAE {summary['gland_area_ratio_mae']:.4f}, "
              f"dropout MAE {summary['dropout_mae']:.4f}; meiboscore accuracy {summary['meiboscore_accuracy']:.3f}, "

@@ -1,6 +1,6 @@
 """Picture of the gland measures on an image: eyelid outline, centre lines and gland ids.
 
-Colours are RGB (write the result with :func:`utils.visualise.save_png`, which converts).
+Colours are RGB (write the result with :func:`utils.evaluation.visualise.save_png`, which converts).
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from utils.gland_measures import Gland, as_mask
-from utils.visualise import to_rgb
+from utils.clinical.glands import Gland, as_mask
+from utils.evaluation.visualise import to_rgb
 
 EYELID_COLOUR = (255, 255, 0)                   # yellow
 LINE_COLOURS = {True: (0, 255, 0),              # reaches the lid margin: green
@@ -50,7 +50,7 @@ def draw_gland_overlay(image: Any, glands: Sequence[Gland], eyelid: Any | None =
     uint8) with the eyelid mask's outline (yellow), every gland's centre line (green:
     reaches the lid margin, orange: does not, light blue: unknown) and its id number.
 
-    ``glands``: :class:`utils.gland_measures.Gland` list (e.g. ``measure_image(...).glands``)
+    ``glands``: :class:`utils.clinical.glands.Gland` list (e.g. ``measure_image(...).glands``)
     in the image's pixel coordinates.
     """
     rgb = np.ascontiguousarray(np.round(to_rgb(image) * 255.0).astype(np.uint8))

@@ -1,4 +1,4 @@
-"""The realistic style of :mod:`utils.make_demo_data`: infrared meibography of an everted
+"""The realistic style of :mod:`utils.synthetic.generate`: infrared meibography of an everted
 upper lid with skin, eyelashes, the eye below the lid, specular glints, low and uneven
 gland contrast, known gland dropout and per-image acquisition artefacts.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from utils.demo_geometry import (SUPERSAMPLE, Canvas, random_affine, random_elastic_field, smooth_noise, to_fixed,
+from utils.synthetic.geometry import (SUPERSAMPLE, Canvas, random_affine, random_elastic_field, smooth_noise, to_fixed,
                                  view_to_canonical)
 
 # default dropout levels: patient i draws from GRADE_RANGES[(i - 1) % 4]: none, mild, moderate, severe
@@ -619,7 +619,7 @@ def _view(rng: np.random.Generator, anatomy: dict, size: tuple[int, int], overla
 def generate_realistic_patient(rng: np.random.Generator, size: tuple[int, int],
                                images_per_patient: int,
                                dropout_range: tuple[float, float] | None = None) -> dict:
-    """One realistic patient; the dict of :func:`utils.make_demo_data.generate_patient`
+    """One realistic patient; the dict of :func:`utils.synthetic.generate.generate_patient`
     plus ``"region_masks"`` (uint8 {0, 1}, the gland-bearing region ``R``), ``"dropout"``
     (true dropout per image), ``"acquisition"`` (per image: ``occluder`` None / "finger" /
     "swab", ``text`` None or its corner), ``"dropout_level"`` (the patient's target),

@@ -1,4 +1,4 @@
-"""Geometry shared by the synthetic data styles (:mod:`utils.make_demo_data`).
+"""Geometry shared by the synthetic data styles (:mod:`utils.synthetic.generate`).
 
 The canonical anatomy of a patient is drawn on a :class:`Canvas` (the frame plus a
 margin, at ``SUPERSAMPLE`` x resolution); image ``k`` of the patient is that anatomy

@@ -1,4 +1,4 @@
-"""The simple style of :mod:`utils.make_demo_data` (its first look, kept byte for byte).
+"""The simple style of :mod:`utils.synthetic.generate` (its first look, kept byte for byte).
 
 A dark background, the everted lid as a brighter curved band (its bottom edge the lid
 margin) and 15-30 bright, roughly vertical glands inside it, some shortened, some
@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from utils.demo_geometry import (SUPERSAMPLE, Canvas, random_affine, random_elastic_field, smooth_noise, to_fixed,
+from utils.synthetic.geometry import (SUPERSAMPLE, Canvas, random_affine, random_elastic_field, smooth_noise, to_fixed,
                                  view_to_canonical)
 
 
@@ -172,7 +172,7 @@ def _illuminate(rng: np.random.Generator, image: np.ndarray, lid: np.ndarray) ->
 
 def generate_simple_patient(rng: np.random.Generator, size: tuple[int, int],
                              images_per_patient: int) -> dict:
-    """One simple-style patient: the dict of :func:`utils.make_demo_data.generate_patient`."""
+    """One simple-style patient: the dict of :func:`utils.synthetic.generate.generate_patient`."""
     width, height = size
     canvas, anatomy, gland_soft, lid_soft = _render_anatomy(rng, (width, height))
     out: dict = {key: [] for key in ("images", "masks", "lid_masks", "matrices", "fields")}

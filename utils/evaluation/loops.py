@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from networks.spatial_transformer import warp, warp_label
-from utils.metrics import evaluate_mask, jacobian_statistics, masks_from_scores, warped_mask_metrics
+from utils.evaluation.metrics import evaluate_mask, jacobian_statistics, masks_from_scores, warped_mask_metrics
 
 
 def _loader(dataset: Dataset, workers: int = 0) -> DataLoader:
@@ -30,7 +30,7 @@ def evaluate_registration(net: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     """Warped-mask metrics per ordered pair; ``net = None`` scores the affine alone.
 
     Each row: ``moving, fixed, patient, fold, affine_iou, affine_dice, affine_recall``
-    and, with a net, ``iou, dice, recall`` and :func:`utils.metrics.jacobian_statistics` of the flow.
+    and, with a net, ``iou, dice, recall`` and :func:`utils.evaluation.metrics.jacobian_statistics` of the flow.
     ``keep_outputs(batch, outputs)`` (optional) receives each pair's tensors for panels.
     """
     was_training = getattr(net, "training", False)

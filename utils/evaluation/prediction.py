@@ -4,7 +4,7 @@ The ensemble's probability is the mean of the folds' softmax probabilities, each
 computed at the size its model was trained at (``--resize`` of its training run, else
 the image's own) and resized back bilinearly; the mask is that mean > 0.5. With
 eyelid models (``--eyelid-exp``) the eyelid is segmented the same way, and the clinical
-measures of :mod:`utils.gland_measures` are computed from the two masks.
+measures of :mod:`utils.clinical.measures` are computed from the two masks.
 
 Outputs of :func:`predict_folder` in ``OUT_DIR``: ``masks/<name>.png`` (glands, 0/255),
 ``eyelid_masks/<name>.png`` (with eyelid models), ``overlays/<name>.png`` (glands
@@ -26,12 +26,13 @@ from tqdm import tqdm
 from dataloaders.dataset import read_image
 from networks.segmentation_net import SegmentationNet
 from utils.errors import InputError
-from utils.evaluation import segment_probabilities
+from utils.evaluation.loops import segment_probabilities
 from utils.files import write_csv, write_png
-from utils.gland_measures import GLAND_COLUMNS, IMAGE_COLUMNS, measure_image
-from utils.gland_overlay import draw_gland_overlay
+from utils.clinical.glands import GLAND_COLUMNS
+from utils.clinical.measures import IMAGE_COLUMNS, measure_image
+from utils.evaluation.gland_overlay import draw_gland_overlay
 from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
-from utils.visualise import overlay_mask
+from utils.evaluation.visualise import overlay_mask
 
 
 @dataclass

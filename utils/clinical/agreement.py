@@ -3,7 +3,7 @@
 :func:`confusion_matrix` and :func:`weighted_kappa` (Cohen's kappa with none, linear or
 quadratic disagreement weights, written out with numpy: a few lines do not earn a
 scikit-learn dependency) on categorical grades such as the meiboscore;
-:func:`agreement_table` pairs per-image rows of measures (``utils.gland_measures``) by
+:func:`agreement_table` pairs per-image rows of measures (``utils.clinical.measures``) by
 name and summarises their differences.
 """
 from __future__ import annotations

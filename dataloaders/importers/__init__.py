@@ -1,0 +1,1 @@
+"""Importers of public meibography datasets into this project's folder layout."""

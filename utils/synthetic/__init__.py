@@ -1,0 +1,1 @@
+"""Synthetic infrared meibography with known anatomy, deformations and dropout (demos and tests)."""
