@@ -48,7 +48,8 @@ def _peak_mib(device) -> float:
 
 def _child(args: argparse.Namespace) -> None:
     import torch
-    from networks.rnsf import rnsf_loss, rnsf_loss_reference
+    from networks.rnsf import rnsf_loss
+    from tests.rnsf_reference import rnsf_loss_reference
 
     threads = set_threads(args.threads)
     device = torch.device(args.device)

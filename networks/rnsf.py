@@ -1,10 +1,10 @@
-"""RNSF: contrastive loss with reliable negative sample filtering (METHOD.md section 5).
+"""RNSF: contrastive loss with reliable negative sample filtering (docs/METHOD.md section 5).
 
 Inputs: ``proj_g1``, ``proj_g2`` ``[B, D, h, w]`` and ``proj_neg`` ``[B', D, h', w']`` raw
 projector outputs (L2-normalised per pixel here), ``map_g1`` ``[B, C, h, w]`` and
 ``map_neg`` ``[B', C, h', w']`` logits (C = 2 in this project).
 
-Definitions (shared by :func:`rnsf_loss` and :func:`rnsf_loss_reference`):
+Definitions:
 
 - Pooling: anchors are all ``N = B h w`` pixels of the batch, negatives candidates all
   ``M = B' h' w'`` pixels of ``u_neg``'s batch. Pixel ``j`` of a map is flattened as
@@ -38,9 +38,8 @@ Gradients flow into anchors, positives and negatives. The computation runs in
 float32 (float64 inputs stay float64) with autocast off.
 
 :func:`rnsf_loss` builds one ``[K, D]`` negative set per class and ``[N_c, K + 1]``
-logits; :func:`rnsf_loss_reference` is the literal version of the published code
-(``N x M`` class-difference and score matrices, top-K over them, a ``K x N x D`` gather)
-kept for tests and benchmarks only: it needs O(N M) memory.
+logits. The literal ``N x M`` form of the published code, which the tests and
+``benchmarks/bench_rnsf.py`` compare it with, is ``tests/rnsf_reference.py``.
 """
 from __future__ import annotations
 
@@ -162,66 +161,3 @@ def rnsf_loss(proj_g1: torch.Tensor, proj_g2: torch.Tensor, map_g1: torch.Tensor
                 logits = torch.cat([pos_c, view.index_select(0, rows) @ negs.T / temperature], dim=1)
                 total = total + (torch.logsumexp(logits, dim=1, keepdim=True) - pos_c).sum()
         return total / anchors.shape[0]
-
-
-def rnsf_loss_reference(proj_g1: torch.Tensor, proj_g2: torch.Tensor, map_g1: torch.Tensor,
-                        proj_neg: torch.Tensor, map_neg: torch.Tensor, temperature: float = 0.1,
-                        k: int = 250, mode: str = "reliable",
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Literal ``N x M`` RNSF, structured like the published code; for tests and benchmarks only.
-
-    Builds the full float16 class-difference mask ``[M, N]`` (u_neg pixel x anchor), the
-    masked score matrix ``mask * score`` ``[M, N]``, takes ``topk`` over it per anchor, gathers
-    ``[K, N, D]`` negatives and evaluates cosine similarities on expanded tensors. It
-    differs from the published code only where METHOD.md fixes the semantics: the score
-    is a tie-free priority (``M - rank`` in :func:`priority_orders`, equivalent to
-    confidence with the stable tie rule), same-class pixels picked when fewer than K
-    candidates exist are masked out (not used as negatives), logsumexp replaces
-    ``exp``/``log`` with its 1e-8, and ``"mean"`` averages the reliable K. Same value as
-    :func:`rnsf_loss` (and the same generator use in ``"random"`` mode).
-    """
-    _check_inputs(proj_g1, proj_g2, map_g1, proj_neg, map_neg, temperature, k, mode)
-    dtype = torch.promote_types(proj_g1.dtype, torch.float32)
-    with no_autocast(proj_g1.device):
-        norm_input = _pixels(proj_g1, dtype)  # [N, D]
-        norm_positive = _pixels(proj_g2, dtype)
-        norm_negative = _pixels(proj_neg, dtype)  # [M, D]
-        seg_input, _ = pixel_classes(map_g1)
-        seg_negative, negative_prob = pixel_classes(map_neg)
-        m = seg_negative.numel()
-        num_classes = map_g1.shape[1]
-
-        positive = F.cosine_similarity(norm_input, norm_positive, dim=-1)  # [N]
-
-        with torch.no_grad():
-            orders = priority_orders(negative_prob, num_classes, mode, generator)  # [C, M]
-            key_dtype = torch.float32 if m < 2 ** 24 else torch.float64
-            keys = torch.empty(num_classes, m, dtype=key_dtype, device=orders.device)
-            ranks = torch.arange(m, 0, -1, dtype=key_dtype, device=orders.device)  # M .. 1
-            keys.scatter_(1, orders, ranks.unsqueeze(0).expand(num_classes, m))
-            diff_cls_matrix = (seg_input.unsqueeze(0) != seg_negative.unsqueeze(1)).to(torch.float16)  # [M, N]
-            if mode == "random":
-                score_matrix = keys[seg_input].T  # [M, N]: the anchor's class row
-            else:
-                score_matrix = keys[0].unsqueeze(1).expand_as(diff_cls_matrix)
-            masked_score_matrix = diff_cls_matrix * score_matrix  # [M, N]
-            k_eff = min(k, m)
-            sampled_negative_indices = torch.topk(masked_score_matrix, k_eff, dim=0).indices  # [K, N]
-            valid = diff_cls_matrix.gather(0, sampled_negative_indices).bool()  # [K, N]
-
-        sampled_negative = norm_negative[sampled_negative_indices]  # [K, N, D]
-        if mode == "mean":
-            weight = valid.unsqueeze(-1).to(dtype)
-            count = valid.sum(dim=0).clamp_min(1).unsqueeze(-1).to(dtype)
-            sampled_negative = ((sampled_negative * weight).sum(dim=0) / count).unsqueeze(0)  # [1, N, D]
-            valid = valid.any(dim=0, keepdim=True)
-
-        nominator = positive / temperature  # [N]
-        loss = 0.0
-        for view in (norm_input, norm_positive):
-            negative_sim_matrix = F.cosine_similarity(view.unsqueeze(0).expand_as(sampled_negative),
-                                                      sampled_negative, dim=-1, eps=_COS_EPS)  # [K, N]
-            negative_logits = (negative_sim_matrix / temperature).masked_fill(~valid, float("-inf"))
-            logits = torch.cat([nominator.unsqueeze(0), negative_logits], dim=0)  # [K + 1, N]
-            loss = loss + (torch.logsumexp(logits, dim=0) - nominator).mean()
-        return loss

@@ -15,7 +15,7 @@ from utils.onehot import one_hot
 from utils.stages import augmentations as aug
 from utils.stages.bcp import mix, mixed_loss
 from utils.stages.cps import cross_pseudo_losses, xavier_initialised
-from utils.stages.mean_teacher import masked_consistency, uncertainty, uncertainty_threshold
+from utils.stages.mean_teacher import MeanTeacherStage, UAMTStage, masked_consistency, uncertainty, uncertainty_threshold
 from utils.stages.unimatch import confidence_and_label, cutmix_targets, unimatch_total
 
 
@@ -47,15 +47,58 @@ def test_ema_update_is_the_weighted_average():
 
 # ----------------------------------------------------------------------------- Mean Teacher, UA-MT
 
-def test_consistency_is_zero_for_equal_networks_without_noise():
-    torch.manual_seed(1)
-    student = SegmentationNet()
-    teacher = SegmentationNet()
-    teacher.load_state_dict(student.state_dict())
-    u = torch.rand(1, 1, 32, 48)
-    probs_s = torch.softmax(student(u)["out"], 1)
-    probs_t = torch.softmax(teacher(u + aug.clamped_noise(u, gen(), std=0.0, clip=0.0))["out"], 1)
-    assert float(torch.mean((probs_s - probs_t) ** 2).detach()) == 0.0
+class RecordingTeacher(torch.nn.Module):
+    """A teacher whose softmax is known: fixed logits for every input; records what it sees."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits, self.seen = logits, []
+
+    def forward(self, x: torch.Tensor) -> dict:
+        self.seen.append(x.clone())
+        return {"out": self.logits.expand(x.shape[0], -1, -1, -1)}
+
+
+def stage_with_teacher(stage_class, teacher: torch.nn.Module, noise_std: float, seed: int):
+    """A Mean Teacher / UA-MT stage holding only what its ``consistency`` reads."""
+    stage = stage_class.__new__(stage_class)
+    stage.teacher, stage.noise_std, stage.method_rng = teacher, noise_std, gen(seed)
+    stage.device, stage.amp = torch.device("cpu"), False
+    return stage
+
+
+def test_mean_teacher_consistency_is_the_mse_to_the_teachers_softmax_of_the_noisy_image():
+    u = torch.rand(1, 1, 4, 6, generator=gen(7))
+    logits = torch.zeros(1, 2, 4, 6)
+    logits[:, 1] = math.log(3.0)  # teacher softmax (1/4, 3/4) everywhere
+    teacher = RecordingTeacher(logits)
+    stage = stage_with_teacher(MeanTeacherStage, teacher, noise_std=0.1, seed=5)
+    student = torch.zeros(1, 2, 4, 6)
+    student[:, 0] = 1.0  # student softmax (1, 0)
+    value, seen = stage.consistency(student, u)
+    assert float(value) == pytest.approx(((1 - 0.25) ** 2 + 0.75 ** 2) / 2)  # mean over classes and pixels
+    torch.testing.assert_close(seen["teacher"], torch.softmax(logits, 1))
+    (seen_input,) = teacher.seen
+    noise = seen_input - u  # the teacher sees u plus the clamped noise of the stage's generator
+    torch.testing.assert_close(noise, aug.clamped_noise(u, gen(5), std=0.1, clip=0.2))
+    assert float(noise.abs().max()) > 0.0
+
+
+def test_ua_mt_consistency_counts_only_the_certain_pixels():
+    u = torch.rand(1, 1, 2, 3, generator=gen(8))
+    logits = torch.zeros(1, 2, 2, 3)
+    logits[0, 1, 0, :] = 10.0  # row 0: confident gland (entropy ~ 0); row 1: 50/50 (entropy ln 2)
+    stage = stage_with_teacher(UAMTStage, RecordingTeacher(logits), noise_std=0.1, seed=5)
+    stage.passes, stage.step, stage.total_steps = 4, 0, 10
+    student = torch.zeros(1, 2, 2, 3)
+    student[:, 0] = 1.0
+    value, seen = stage.consistency(student, u)
+    teacher_probs = torch.softmax(logits, 1)
+    certain = torch.tensor([[[[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]]])
+    torch.testing.assert_close(seen["certain"], certain)
+    expected = float((certain * (student - teacher_probs) ** 2).sum() / (2 * certain.sum()))
+    assert float(value) == pytest.approx(expected, rel=1e-6)
+    assert len(stage.teacher.seen) == 1 + 4  # the teacher's prediction plus the uncertainty passes
 
 
 def test_teacher_noise_is_clamped_gaussian():

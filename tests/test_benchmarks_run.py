@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
     ("bench_schedule.py", ["--patients", "7", "--size", "64", "32", "--epochs", "1", "--iters", "1", "--workers", "0",
                            "--device", "cpu"],
      ["full schedule, 1 fold", "registration", "ss-mgs", "supervised", "five-fold schedule"]),
-    ("bench_gland_measures.py", ["--repeats", "1", "--height", "128", "--width", "256", "--glands", "8"], ["s"]),
+    ("bench_gland_measures.py", ["--repeats", "1", "--height", "128", "--width", "256", "--glands", "8"],
+     ["8 glands drawn, 8 glands found", "seconds per mask pair", "measure_image (all measures)"]),
     ("bench_prealign.py", ["--patients", "2", "--images", "2", "--size", "96", "48", "--workers", "1"],
-     ["pairs"]),
+     ["pairs 4  workers 1", "warm cache (nothing recomputed)", "error vs the true map"]),
 ])
 def test_benchmark_runs_and_prints(script, args, expected):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,

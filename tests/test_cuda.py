@@ -18,7 +18,8 @@ from networks.segmentation_net import SegmentationNet
 from networks.spatial_transformer import compose, warp
 from networks.losses import dice_ce_loss, ncc_loss, ssim_loss
 from utils.onehot import one_hot
-from networks.rnsf import rnsf_loss, rnsf_loss_reference
+from networks.rnsf import rnsf_loss
+from tests.rnsf_reference import rnsf_loss_reference
 from utils.stages.registration import RegistrationWeights, registration_step
 from utils.stages.ss_mgs import SegmentationConfig, segmentation_step
 

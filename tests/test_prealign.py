@@ -271,6 +271,15 @@ def test_second_call_recomputes_nothing(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded.matrix("P002_3", "P002_1"), pre.matrix("P002_3", "P002_1"))
 
 
+def test_a_warm_cache_draws_no_progress_bar(tmp_path, capfd):
+    root = make_dataset(tmp_path / "data")
+    prealign.ensure_prealignment(DatasetFolder(root), groups(), workers=1, progress=True)
+    assert "pair" in capfd.readouterr().err  # a cold cache shows its progress
+    prealign.ensure_prealignment(DatasetFolder(root), groups(), workers=1, progress=True)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
 def test_changed_image_recomputes_only_its_pairs(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "data")
     first = prealign.ensure_prealignment(DatasetFolder(root), groups(), workers=1, progress=False)

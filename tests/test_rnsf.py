@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from networks.rnsf import negative_sets, pixel_classes, rnsf_loss, rnsf_loss_reference
+from networks.rnsf import negative_sets, pixel_classes, rnsf_loss
+from tests.rnsf_reference import rnsf_loss_reference
 
 D, H, W, K, T = 8, 6, 6, 5, 0.1
 

@@ -1,4 +1,4 @@
-"""The per-dataset cache of intra-patient affine pre-alignments (METHOD.md section 1).
+"""The per-dataset cache of intra-patient affine pre-alignments (docs/METHOD.md section 1).
 
 ``DATA_DIR/prealign.json`` holds, for every ordered pair ``(a, b)`` of images of
 one patient, the 2x3 matrix of :mod:`dataloaders.prealignment.estimation` (OpenCV
@@ -225,7 +225,10 @@ def _make_tasks(folder: DatasetFolder, todo: list[tuple[str, str]], group_of: di
 
 
 def _run_tasks(tasks: list[tuple], workers: int, progress: bool, total: int) -> Iterable[tuple]:
-    """Yield per-pair results of all tasks, in a process pool when it pays."""
+    """Yield per-pair results of all tasks, in a process pool when it pays (no progress bar,
+    and nothing at all, when there is nothing to compute)."""
+    if not tasks:
+        return
     bar = tqdm(total=total, unit="pair", desc="prealign", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1 or len(tasks) <= 1:

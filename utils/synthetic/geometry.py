@@ -9,8 +9,6 @@ row): ``image_k(p) = canonical(A_k @ (p + e_k(p), 1))``. :func:`view_to_canonica
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import cv2
 import numpy as np
 
@@ -142,10 +140,3 @@ def pair_maps(patient: dict, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     (anatomy of image ``j`` carried into image ``i``'s frame)."""
     sx, sy = view_to_canonical(patient["matrices"][i], patient["fields"][i])
     return canonical_to_view(patient["matrices"][j], patient["fields"][j], sx, sy)
-
-
-def relative_affine(matrices: Sequence[np.ndarray], i: int, j: int) -> np.ndarray:
-    """The affine part of :func:`pair_maps`: 2x3 ``M`` (inverse-map convention) with
-    ``cv2.warpAffine(image_j, M, (W, H), flags=WARP_INVERSE_MAP) ~ image_i`` up to the
-    elastic fields. ``M = A_j^-1 A_i``."""
-    return (np.linalg.inv(_homogeneous(matrices[j])) @ _homogeneous(matrices[i]))[:2]
