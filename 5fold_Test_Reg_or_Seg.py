@@ -25,37 +25,32 @@ import numpy as np
 import torch
 
 from dataloaders.dataset import IMAGE_EXTS, DatasetFolder
-
-from dataloaders.folds import parse_folds
 from dataloaders.fold_data import open_fold
+from dataloaders.folds import parse_folds
+from dataloaders.grades import read_grades
 from dataloaders.registration_data import RegistrationPairSet
 from dataloaders.segmentation_data import SegmentationEvalSet
 from networks.segmentation_net import SegmentationNet
-from utils.clinical.agreement import agreement_table
-from utils.cli import add_common_args
-from dataloaders.grades import read_grades
-from utils.clinical.report import AGREEMENT_COLUMNS, grade_agreement, measure_pair, report_lines
+from utils.cli import OneLineErrorParser, add_common_args
+from utils.clinical.report import measure_pair, write_report
+from utils.errors import InputError, run_cli
 from utils.evaluation.comparison import COLUMNS as COMPARISON_COLUMNS
 from utils.evaluation.comparison import compare, format_comparison
-from utils.errors import InputError, run_cli
 from utils.evaluation.loops import evaluate_registration, evaluate_segmentation
-from utils.files import write_csv
-from utils.evaluation.metrics import HD95_EMPTY_POLICY, masks_from_scores, summarise
+from utils.evaluation.metrics import HD95_EMPTY_POLICY, masks_from_scores
 from utils.evaluation.prediction import check_targets, load_fold_models, predict_folder
+from utils.evaluation.savers import registration_panel_saver, segmentation_overlay_saver
+from utils.evaluation.summaries import (REG_COLUMNS, REG_METRICS, SEG_COLUMNS, SEG_METRICS, summary_columns,
+                                        summary_rows, table_lines)
+from utils.files import write_csv
 from utils.stages.registration import load_registration_network
+from utils.stages.segmentation_methods import method_of
 from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
 from utils.training.runtime import select_device, use_amp
-from utils.evaluation.visualise import deformation_grid, image_grid_panel, overlay_mask, save_png, tp_fp_fn_overlay
-
-SEG_COLUMNS = ["name", "patient", "fold", "iou", "dice", "hd95", "recall", "accuracy", "hd95_empty"]
-SEG_METRICS = ["iou", "dice", "hd95", "recall", "accuracy"]
-REG_METRICS = ["affine_iou", "affine_dice", "affine_recall", "iou", "dice", "recall",
-               "folding_fraction", "jacobian_mean", "jacobian_min", "jacobian_std"]
-REG_COLUMNS = ["moving", "fixed", "patient", "fold"] + REG_METRICS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         description="Score each fold's best (on val) segmentation or registration checkpoint on that "
                     "fold's test patients, or segment new images with one fold or a 5-fold ensemble.")
     parser.add_argument("--mode", required=True, choices=("seg", "reg", "predict"),
@@ -85,41 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def summary_rows(rows: list[dict], metrics: list[str], folds: list[int]) -> list[dict]:
-    """One row per fold and one ``all`` row (pooled over every image/pair of every fold)."""
-    out = []
-    for k in folds:
-        fold_rows = [r for r in rows if r["fold"] == k]
-        out.append({"fold": k, **summarise(fold_rows, metrics), **_empty_count(fold_rows)})
-    out.append({"fold": "all", **summarise(rows, metrics), **_empty_count(rows)})
-    return out
-
-
-def _empty_count(rows: list[dict]) -> dict:
-    if rows and "hd95_empty" in rows[0]:
-        return {"hd95_empty_cases": sum(1 for r in rows if r["hd95_empty"])}
-    return {}
-
-
-def summary_columns(metrics: list[str], rows: list[dict]) -> list[str]:
-    columns = ["fold", "n"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
-    return columns + (["hd95_empty_cases"] if "hd95_empty_cases" in rows[0] else [])
-
-
 def checkpoint_for(args: argparse.Namespace, exp: str, k: int, trainer: str) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint)
     return find_best_checkpoint(run_dir_for(args.runs_dir, exp, k),
                                 hint=f"python {trainer} --data-dir {args.data_dir} --fold {k} --exp {exp}")
-
-
-def print_table(title: str, table: list[tuple[str, dict]], metrics: list[str]) -> None:
-    """Rows = experiments, columns = metric mean +- std."""
-    width = max(len(label) for label, _ in table) + 2
-    print(f"\n{title}\n{'':<{width}}" + "".join(f"{m:>21}" for m in metrics))
-    for label, summary in table:
-        cells = "".join(f"{summary[f'{m}_mean']:>11.4f} +-{summary[f'{m}_std']:>7.4f}" for m in metrics)
-        print(f"{label:<{width}}{cells}")
 
 
 def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, csv_name: str,
@@ -140,7 +105,7 @@ def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, cs
               + (f"; {empties} image(s) with an empty mask ({HD95_EMPTY_POLICY})" if empties else ""))
         table.append((exp, summary[-1]))
         scored[exp] = rows
-    print_table(f"{title}, folds {','.join(map(str, folds))}", table, metrics)
+    print("\n".join(table_lines(f"{title}, folds {','.join(map(str, folds))}", table, metrics)))
     return scored
 
 
@@ -161,17 +126,18 @@ def print_comparison(args: argparse.Namespace, scored: dict[str, list[dict]], me
 
 def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
     amp = use_amp(args.amp, device)
-
     grades = read_grades(args.grades) if args.grades else None
     measured: dict[str, tuple[list[dict], list[dict]]] = {}
 
     def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, need_prealign=False)
         net, state = load_network(checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py"), SegmentationNet(), device)
-        target = (state.get("args") or {}).get("target", "gland")
-        keepers = [_overlay_saver(out_dir / "images")] if args.save_images else []
+        trained = state.get("args") or {}
+        print(f"{exp} fold {k}: {method_of(trained)}")
+        target = trained.get("target", "gland")
+        keepers = [segmentation_overlay_saver(out_dir / "images")] if args.save_images else []
         if target == "gland":
-            keepers.append(_measure_collector(folder, measured.setdefault(exp, ([], [])), args.pixel_size))
+            keepers.append(measure_collector(folder, measured.setdefault(exp, ([], [])), args.pixel_size))
         return evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test, target), device, k,
                                      amp=amp, pixel_size=args.pixel_size, progress=not args.no_progress,
                                      keep_outputs=lambda batch, pred: [keep(batch, pred) for keep in keepers])
@@ -181,10 +147,10 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
                                f"Segmentation of test images (mean +- std over images; HD95 in {unit})")
     print_comparison(args, scored, SEG_METRICS)
     for exp, (pred_rows, true_rows) in measured.items():
-        report_measures(Path(args.runs_dir) / exp / "test", exp, pred_rows, true_rows, grades)
+        print("\n".join(write_report(Path(args.runs_dir) / exp / "test", exp, pred_rows, true_rows, grades)))
 
 
-def _measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]], pixel_size: float):
+def measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]], pixel_size: float):
     """Clinical measures of each test image's predicted and true mask (with its true eyelid)."""
     def collect(batch: dict, pred: np.ndarray) -> None:
         name = batch["name"][0]
@@ -196,51 +162,16 @@ def _measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]
     return collect
 
 
-def report_measures(out_dir: Path, exp: str, pred_rows: list[dict], true_rows: list[dict],
-                    grades: dict[str, int] | None) -> None:
-    """measures.csv (per image), clinical_summary.csv and the printed summary of one experiment."""
-    per_image, summary = agreement_table(pred_rows, true_rows)
-    graded = grade_agreement(pred_rows, grades) if grades is not None else None
-    write_csv(out_dir / "measures.csv", per_image, AGREEMENT_COLUMNS)
-    flat = {**summary, **({f"grades_{k}": v for k, v in graded.items() if k != "confusion"} if graded else {})}
-    write_csv(out_dir / "clinical_summary.csv", [flat], list(flat))
-    print("\n".join(report_lines(exp, summary, graded)))
-
-
-def _overlay_saver(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def save(batch: dict, pred: np.ndarray) -> None:
-        image = batch["image"][0, 0].numpy()
-        gt = masks_from_scores(batch["label"])[0].numpy()
-        save_png(folder / f"{batch['name'][0]}.png", tp_fp_fn_overlay(image, pred, gt))
-    return save
-
-
 def test_registration(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
     def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
         net, _ = load_registration_network(checkpoint_for(args, exp, k, "5fold_Train_Reg.py"), device)
-        save = _panel_saver(out_dir / "images") if args.save_images else None
+        save = registration_panel_saver(out_dir / "images") if args.save_images else None
         return evaluate_registration(net, RegistrationPairSet(data.folder, data.fold.test, data.prealign),
                                      device, k, progress=not args.no_progress, keep_outputs=save)
 
     score_experiments(args, folds, score_fold, "per_pair.csv", REG_COLUMNS, REG_METRICS,
                       "Registration of ordered test pairs (mean +- std over pairs)")
-
-
-def _panel_saver(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def save(batch: dict, outputs: dict) -> None:
-        fixed = batch["fixed"][0, 0]
-        panel = image_grid_panel([batch["moving"][0, 0], fixed, batch["moving_aligned"][0, 0],
-                                  outputs["warped"][0, 0],
-                                  overlay_mask(fixed, outputs["warped_label"][0, 1] > 0.5),
-                                  deformation_grid(outputs["flow"][0])])
-        name = f"{batch['moving_name'][0]}__to__{batch['fixed_name'][0]}.png"
-        save_png(folder / name, panel.permute(1, 2, 0))
-    return save
 
 
 def predict(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:

@@ -21,15 +21,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from utils.cli import OneLineErrorParser
 from utils.errors import InputError, run_cli
 from utils.stages.segmentation_methods import METHODS
 
 DEFAULT_METHODS = ["supervised", "ss-mgs"]
-ALL_METHODS = ["supervised", "ss-mgs", "mean-teacher", "ua-mt", "cps", "bcp", "unimatch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run the complete pipeline on synthetic demo data.")
+    parser = OneLineErrorParser(description="Run the complete pipeline on synthetic demo data.")
     parser.add_argument("--data-dir", default="Datasets/Demo",
                         help="where the demo dataset is made (reused if present; default: Datasets/Demo)")
     parser.add_argument("--runs-dir", default="runs", help="output root (default: runs)")
@@ -46,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="data-loader workers (default: 1)")
     parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                         help=f"segmentation methods to train and compare with the first one named: 'all' "
-                             f"({' '.join(ALL_METHODS)}) or a list of {', '.join(METHODS)} (default: "
-                             f"{' '.join(DEFAULT_METHODS)})")
+                             f"({' '.join(METHODS)}) or a list of them (default: {' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -57,7 +56,7 @@ def chosen_methods(names: list[str] | None) -> list[str]:
     if not names:
         return list(DEFAULT_METHODS)
     if names == ["all"]:
-        return list(ALL_METHODS)
+        return list(METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise InputError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(METHODS)}")
@@ -91,13 +90,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"using the existing dataset in {data}")
     run(["python", "-m", "utils.make_folds", data])
     run(["python", "-m", "utils.prealign", data])
-    registration = "ss-mgs" in methods
+    registration = any(METHODS[m].uses_registration for m in methods)
     if registration:
         run(["python", "5fold_Train_Reg.py", *common, "--exp", "demo_REG", "--epochs", str(args.reg_epochs),
              "--iters", str(args.reg_iters), *train])
     for method in methods:
         run(["python", "5fold_Train_SS_MGS.py", *common, "--exp", experiment(method), "--method", method,
-             *(["--reg-exp", "demo_REG"] if method == "ss-mgs" else []),
+             *(["--reg-exp", "demo_REG"] if METHODS[method].uses_registration else []),
              "--epochs", str(args.seg_epochs), "--iters", str(args.seg_iters), *train])
     if registration:
         run(["python", "5fold_Test_Reg_or_Seg.py", "--mode", "reg", *common, "--exp", "demo_REG", *quiet])

@@ -17,7 +17,8 @@ from utils.synthetic.generate import generate_dataset
 from dataloaders.splits import make_folds
 from utils.stages.registration import RegistrationStage
 from utils.stages.registration import build_parser as registration_parser
-from utils.stages.segmentation_methods import METHODS, build_parser, build_stage, check_args
+from utils.errors import InputError
+from utils.stages.segmentation_methods import METHODS, build_parser, build_stage, check_args, method_options
 from utils.training.checkpoints import load_checkpoint
 from utils.training.fold_runner import train_folds
 
@@ -38,10 +39,10 @@ def tiny(tmp_path_factory):
 
 
 def method_args(data: Path, runs: Path, method: str, exp: str, *extra: str):
+    own = ["--reg-exp", "REG", "--negatives", "20"] if METHODS[method].uses_registration else []
     args = build_parser().parse_args(["--data-dir", str(data), "--runs-dir", str(runs), "--exp", exp,
-                                      "--method", method, "--reg-exp", "REG", "--epochs", "2", "--iters", "2",
-                                      "--workers", "0", "--no-progress", "--device", "cpu", "--negatives", "20",
-                                      *extra])
+                                      "--method", method, "--epochs", "2", "--iters", "2", "--workers", "0",
+                                      "--no-progress", "--device", "cpu", *own, *extra])
     check_args(args)
     return args
 
@@ -67,6 +68,31 @@ def test_every_method_is_registered():
     args = build_parser().parse_args(["--data-dir", "x"])
     check_args(args)
     assert args.method == "ss-mgs"
+
+
+def test_every_method_flag_has_an_owner_and_every_owned_flag_exists():
+    parser = build_parser()
+    dests = set(vars(parser.parse_args(["--data-dir", "x"])))
+    assert method_options() <= dests
+    shared = {action.dest for action in parser._actions if action.container is parser} | {"help"}
+    grouped = {action.dest for group in parser._action_groups if group.title not in ("positional arguments",
+               "options", "optional arguments") for action in group._group_actions}
+    assert grouped - shared <= method_options(), "a method's flag group holds a flag no method owns"
+
+
+@pytest.mark.parametrize("method, flag", [("cps", "--negatives 20"), ("ss-mgs", "--cps-weight 0.2"),
+                                          ("unimatch", "--ema-decay 0.9"), ("mean-teacher", "--uncertainty-passes 4"),
+                                          ("supervised", "--bcp-box 0.5"), ("bcp", "--no-rsgm")])
+def test_a_flag_of_another_method_is_a_one_line_error(method, flag):
+    args = build_parser().parse_args(["--data-dir", "x", "--method", method, *flag.split()])
+    with pytest.raises(InputError, match=rf"^{flag.split()[0]} belongs to --method .*not to --method {method}"):
+        check_args(args)
+
+
+@pytest.mark.parametrize("method, flag", [("bcp", "--ema-decay 0.9"), ("ua-mt", "--uncertainty-passes 4"),
+                                          ("ss-mgs", "--negatives 20"), ("mean-teacher", "--consistency-start 0.1")])
+def test_a_methods_own_flags_are_accepted(method, flag):
+    check_args(build_parser().parse_args(["--data-dir", "x", "--method", method, *flag.split()]))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -12,13 +12,15 @@ the predicted mask.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from dataloaders.grades import GRADES
-from utils.clinical.agreement import confusion_matrix, weighted_kappa
+from utils.clinical.agreement import agreement_table, confusion_matrix, weighted_kappa
 from utils.clinical.measures import measure_image
+from utils.files import write_csv
 
 AGREEMENT_COLUMNS = ["name", "count_error", "gland_area_ratio_error", "dropout_error", "meiboscore_pred",
                      "meiboscore_true"]
@@ -63,3 +65,16 @@ def report_lines(exp: str, summary: Mapping[str, Any], grades: Mapping[str, Any]
                      f"clinicians 0-3, columns: estimate 0-3) {matrix}")
     return lines
 
+
+def write_report(out_dir: Path, exp: str, pred_rows: list[dict], true_rows: list[dict],
+                 grades: Mapping[str, int] | None) -> list[str]:
+    """Write ``out_dir/measures.csv`` (per image, :data:`AGREEMENT_COLUMNS`) and
+    ``clinical_summary.csv`` (the summary of :func:`utils.clinical.agreement.agreement_table`
+    and, with ``grades``, ``grades_n``, ``grades_accuracy``, ``grades_kappa``); returns the
+    printable lines of :func:`report_lines`."""
+    per_image, summary = agreement_table(pred_rows, true_rows)
+    graded = grade_agreement(pred_rows, grades) if grades is not None else None
+    write_csv(out_dir / "measures.csv", per_image, AGREEMENT_COLUMNS)
+    flat = {**summary, **({f"grades_{k}": v for k, v in graded.items() if k != "confusion"} if graded else {})}
+    write_csv(out_dir / "clinical_summary.csv", [flat], list(flat))
+    return report_lines(exp, summary, graded)

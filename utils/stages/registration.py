@@ -19,7 +19,7 @@ from dataloaders.registration_data import RegistrationPairSet, RegistrationTrain
 from networks.losses import ncc_loss, smoothness_loss, ssim_loss
 from networks.registration_net import RegistrationNet
 from networks.spatial_transformer import warp, warp_label
-from utils.cli import add_common_args, add_training_args
+from utils.cli import OneLineErrorParser, add_common_args, add_training_args
 from utils.evaluation.loops import evaluate_registration
 from utils.evaluation.metrics import summarise
 from utils.errors import InputError
@@ -33,7 +33,7 @@ FIELD_KEYS = ("folding_fraction", "jacobian_mean", "jacobian_min")  # plausibili
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of ``5fold_Train_Reg.py``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         description="Train the VoxelMorph-style registration network with SE + position attention "
                     "on intra-patient image pairs (affinely pre-aligned), for one fold or all five. "
                     "Defaults reproduce the paper.")

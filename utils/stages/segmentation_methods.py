@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from dataloaders.fold_data import FoldData
-from utils.cli import add_common_args, add_training_args, check_training_args
+from utils.cli import OneLineErrorParser, add_common_args, add_training_args, check_training_args
 from utils.errors import InputError
 from utils.stages import bcp, cps, mean_teacher, segmentation, ss_mgs, unimatch
 from utils.stages.segmentation import SegmentationStage
@@ -21,9 +21,14 @@ from utils.stages.segmentation import SegmentationStage
 
 @dataclass(frozen=True)
 class Method:
+    """One entry of the registry: what the method does (for ``--help``), how its stage is built,
+    whether it needs a trained registration network (``--reg-exp``), and the destinations of
+    the flags that are its own (a flag of another method is an error with it)."""
+
     summary: str
     build: Callable[[argparse.Namespace, int, FoldData, torch.device], SegmentationStage]
     uses_registration: bool = False
+    options: tuple[str, ...] = ()
 
 
 def _supervised(args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> SegmentationStage:
@@ -32,26 +37,39 @@ def _supervised(args: argparse.Namespace, k: int, data: FoldData, device: torch.
     return ss_mgs.SSMGSStage(args, k, data, device)
 
 
+SS_MGS_OPTIONS = ("reg_exp", "reg_checkpoint", "rs_weight", "rnsf_weight", "ramp_length", "temperature",
+                  "negatives", "negative_mode", "coefficients", "no_rsgm", "no_rnsf")
+TEACHER_OPTIONS = ("ema_decay", "consistency", "teacher_noise")
+
+#: The one registry of segmentation methods: the trainer, the test script and ``run_demo.py`` read it.
 METHODS: dict[str, Method] = {
-    "ss-mgs": Method("the paper: RSGM images + RNSF contrastive loss (needs --reg-exp)", ss_mgs.SSMGSStage, True),
     "supervised": Method("the Atlas images alone (the same as ss-mgs with --no-rsgm --no-rnsf)", _supervised),
+    "ss-mgs": Method("the paper: RSGM images + RNSF contrastive loss (needs --reg-exp)", ss_mgs.SSMGSStage,
+                     uses_registration=True, options=SS_MGS_OPTIONS),
     "mean-teacher": Method("EMA teacher on the noisy unlabelled image, softmax MSE consistency (SSL4MIS)",
-                           mean_teacher.MeanTeacherStage),
+                           mean_teacher.MeanTeacherStage, options=TEACHER_OPTIONS + ("consistency_start",)),
     "ua-mt": Method("Mean Teacher with the consistency masked where 8 noisy teacher passes are uncertain "
-                    "(SSL4MIS)", mean_teacher.UAMTStage),
+                    "(SSL4MIS)", mean_teacher.UAMTStage, options=TEACHER_OPTIONS + ("uncertainty_passes",)),
     "cps": Method("two networks, each trained on the other's argmax of the unlabelled image (SSL4MIS)",
-                  cps.CPSStage),
+                  cps.CPSStage, options=("cps_weight",)),
     "bcp": Method("bidirectional copy-paste of labelled and teacher-labelled unlabelled images, after a "
-                  "labelled copy-paste pre-training (BCP)", bcp.BCPStage),
+                  "labelled copy-paste pre-training (BCP)", bcp.BCPStage,
+                  options=("ema_decay", "bcp_pretrain", "bcp_box", "bcp_pseudo_weight")),
     "unimatch": Method("weak-to-strong consistency with two strong CutMix views and a feature "
-                       "perturbation (UniMatch)", unimatch.UniMatchStage),
+                       "perturbation (UniMatch)", unimatch.UniMatchStage,
+                       options=("unimatch_threshold", "unimatch_dropout")),
 }
+
+
+def method_options() -> set[str]:
+    """The destinations of every method-specific flag."""
+    return {dest for method in METHODS.values() for dest in method.options}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of ``5fold_Train_SS_MGS.py``."""
     methods = "; ".join(f"{name}: {method.summary}" for name, method in METHODS.items())
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         description="Train the UNet segmenter with registration sampling generation (RSGM) and "
                     "reliable-negative contrastive feature supervision (RNSF), or one of the "
                     "baselines it is compared with, for one fold or all five. SS-MGS needs the fold's "
@@ -72,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """One-line InputError for unusable values; resolves the default ``--method``."""
+    """One-line InputError for unusable values or a flag of another method than ``--method``;
+    resolves the default ``--method``."""
     if args.method is None:
         args.method = "supervised" if args.target == "eyelid" else "ss-mgs"
     if args.target == "eyelid" and args.method != "supervised":
@@ -85,11 +104,34 @@ def check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     if not 0.0 <= args.unimatch_dropout < 1.0:
         raise InputError(f"--unimatch-dropout must be in [0, 1), got {args.unimatch_dropout}")
-    if args.method != "ss-mgs" and (args.no_rsgm or args.no_rnsf):
-        raise InputError("--no-rsgm / --no-rnsf are ablations of --method ss-mgs; drop them or use "
-                         "--method supervised")
+    check_method_options(args, build_parser())
+
+
+def check_method_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """InputError when a flag that belongs to other methods only is set to anything but its default."""
+    own = set(METHODS[args.method].options)
+    for dest in sorted(method_options() - own):
+        if getattr(args, dest) != parser.get_default(dest):
+            owners = " / ".join(name for name, method in METHODS.items() if dest in method.options)
+            flag = "--" + dest.replace("_", "-")
+            raise InputError(f"{flag} belongs to --method {owners}, not to --method {args.method}; drop it "
+                             f"or choose --method {owners.split(' / ')[0]}")
 
 
 def build_stage(args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> SegmentationStage:
     """The stage that trains fold ``k`` with ``--method``."""
     return METHODS[args.method].build(args, k, data, device)
+
+
+def method_of(saved_args: Mapping[str, Any]) -> str:
+    """How a segmentation checkpoint was trained, from its saved ``args``, for the test report:
+    the method and what changes it (e.g. ``"ss-mgs"``, ``"ss-mgs --no-rnsf"``, ``"supervised,
+    target eyelid"``). A method this version does not know is named as saved."""
+    method = saved_args.get("method") or "ss-mgs"
+    words = [method if method in METHODS else f"{method} (unknown to this version)"]
+    if method == "ss-mgs":
+        words += [f"--{dest.replace('_', '-')}" for dest in ("no_rsgm", "no_rnsf") if saved_args.get(dest)]
+    text = " ".join(words)
+    if saved_args.get("target", "gland") != "gland":
+        text += f", target {saved_args['target']}"
+    return text
