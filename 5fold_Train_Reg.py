@@ -1,4 +1,4 @@
-"""Train the intra-patient registration network (METHOD.md section 2), per fold.
+"""Train the intra-patient registration network (docs/METHOD.md section 2), per fold.
 
     python 5fold_Train_Reg.py --data-dir Datasets/Demo --fold 1 --exp REG
 

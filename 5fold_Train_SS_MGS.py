@@ -1,4 +1,4 @@
-"""Train the semi-supervised segmenter with RSGM + RNSF (METHOD.md sections 3-6), per fold.
+"""Train the semi-supervised segmenter with RSGM + RNSF (docs/METHOD.md sections 3-6), per fold.
 
     python 5fold_Train_SS_MGS.py --data-dir Datasets/Demo --fold 1 --exp SEG --reg-exp REG
 

@@ -1,6 +1,6 @@
 """Benchmark: one registration training iteration (prints numbers, asserts nothing).
 
-The iteration is the trainer's own, :func:`utils.stages.registration.registration_step` (METHOD.md
+The iteration is the trainer's own, :func:`utils.stages.registration.registration_step` (docs/METHOD.md
 section 2, batch 1): for both directions ``flow = net(moving, fixed)``,
 ``warped = warp(moving, flow)``, loss ``(1 - SSIM) + NCC + 0.1 * smooth``, one backward
 per direction, one Adam step. Printed per variant of the position attention:

@@ -1,6 +1,6 @@
 """Benchmark: one segmentation training iteration (prints numbers, asserts nothing).
 
-The iteration is the trainer's own, :func:`utils.stages.ss_mgs.segmentation_step` (METHOD.md
+The iteration is the trainer's own, :func:`utils.stages.ss_mgs.segmentation_step` (docs/METHOD.md
 sections 3-5, batch 1): RSGM images from the registration outputs, one forward pass of
 the segmenter over ``[x_l, g1, g2, u_neg]``, ``L_seg + L_rs + 0.1 L_rnsf`` (K = 250), one
 backward, one AdamW step. Variants, each in a fresh subprocess:

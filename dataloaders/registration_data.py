@@ -1,6 +1,6 @@
 """Registration samples: random intra-patient training pairs and every evaluation pair.
 
-Shapes (METHOD.md): images ``[1, H, W]`` float32 in [0, 1], labels one-hot
+Shapes (docs/METHOD.md): images ``[1, H, W]`` float32 in [0, 1], labels one-hot
 ``[2, H, W]`` float (channel 1 = gland), fields ``[2, H, W]`` float32 in pixels,
 channel 0 = row; ``warp(m, d)(p) = m(p + d(p))``. ``prealign`` is any object
 with ``size`` ``(H, W)``, ``matrix(a, b)`` and ``field(a, b) -> [2, H, W]``

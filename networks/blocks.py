@@ -1,4 +1,4 @@
-"""Building blocks of the two UNets (METHOD.md sections 2 and 4).
+"""Building blocks of the two UNets (docs/METHOD.md sections 2 and 4).
 
 All blocks take and return feature maps ``[B, C, H, W]``.
 

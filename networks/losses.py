@@ -1,4 +1,4 @@
-"""Image-similarity, regularisation and segmentation losses (METHOD.md sections 2 and 5).
+"""Image-similarity, regularisation and segmentation losses (docs/METHOD.md sections 2 and 5).
 
 All functions take ``[B, C, H, W]`` tensors and follow the inputs' device. Half and
 bfloat16 inputs are promoted to float32 and autocast is switched off inside, so the
@@ -203,7 +203,7 @@ def dice_ce_loss(logits: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
 
 
 def deep_supervision_loss(outputs: dict[str, torch.Tensor], onehot: torch.Tensor) -> torch.Tensor:
-    """``L_seg = DiceCE(out, y) + DiceCE(level2, y)`` (METHOD.md section 5) for the
+    """``L_seg = DiceCE(out, y) + DiceCE(level2, y)`` (docs/METHOD.md section 5) for the
     ``SegmentationNet`` outputs of labelled images and their one-hot labels ``[B, 2, H, W]``.
     The one supervised loss of every segmentation method."""
     return dice_ce_loss(outputs["out"], onehot) + dice_ce_loss(outputs["level2"], onehot)

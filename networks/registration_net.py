@@ -1,4 +1,4 @@
-"""The registration network (METHOD.md section 2): a UNet with SE + PAM decoder attention.
+"""The registration network (docs/METHOD.md section 2): a UNet with SE + PAM decoder attention.
 
 ``RegistrationNet()(moving, fixed)`` takes images ``[B, 1, H, W]`` (any H, W) and
 returns the flow ``[B, 2, H, W]`` in pixels (channel 0 = row, 1 = column) such that

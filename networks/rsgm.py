@@ -1,4 +1,4 @@
-"""RSGM: registration sampling generation (METHOD.md section 3).
+"""RSGM: registration sampling generation (docs/METHOD.md section 3).
 
 A frozen registration net ``R(moving, fixed) -> flow [B, 2, H, W]`` turns an
 Atlas image ``x_l`` (label ``y_l``) and two unlabelled images ``u1``, ``u2`` of
@@ -90,7 +90,7 @@ def sample_coefficients(batch_size: int, distribution: str = "uniform",
                         device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """RSGM's mixing coefficients ``(alpha, beta)``, each ``[B, 1, 1, 1]`` float32 in [0, 1].
 
-    ``"uniform"``: Uniform(0, 1) (METHOD.md default); ``"beta"``: Beta(0.3, 0.3) as in
+    ``"uniform"``: Uniform(0, 1) (docs/METHOD.md default); ``"beta"``: Beta(0.3, 0.3) as in
     BRBS (U-shaped). Samples are drawn with ``torch.rand`` on the generator's device
     (CPU without a generator, from torch's global RNG) and then moved to ``device``;
     the same seed gives the same coefficients. Beta uses :func:`_beta_johnk`

@@ -1,10 +1,10 @@
-"""The segmentation network (METHOD.md section 4): UNet with deep-supervision heads and a projector.
+"""The segmentation network (docs/METHOD.md section 4): UNet with deep-supervision heads and a projector.
 
 ``SegmentationNet()(x)`` takes images ``[B, 1, H, W]`` (any H, W) and returns a dict:
 
 - ``"out"``: logits ``[B, 2, H, W]`` of the last decoder level (full resolution);
 - ``"level2"``: logits of the head on the 1/4-scale decoder level, resized to
-  ``[B, 2, H, W]`` (the deep-supervision output of the loss; METHOD.md returns no
+  ``[B, 2, H, W]`` (the deep-supervision output of the loss; docs/METHOD.md returns no
   other level, so no head is computed for the 1/8 and 1/2 levels);
 - ``"project"``: ``[B, proj_dim, h4, w4]`` raw projector output (1x1 conv, PReLU,
   1x1 conv) on the 1/4-scale decoder features (not normalised);

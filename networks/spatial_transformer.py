@@ -1,6 +1,6 @@
 """The project's one spatial transformer.
 
-Conventions (METHOD.md): a displacement field ``d`` has shape ``[B, 2, H, W]``,
+Conventions (docs/METHOD.md): a displacement field ``d`` has shape ``[B, 2, H, W]``,
 in pixels, channel 0 = row (y), channel 1 = column (x). Warping is a pull-back:
 ``warp(m, d)(p) = m(p + d(p))``, sampled with ``grid_sample`` using
 ``align_corners=True`` (pixel ``p`` maps to ``2 p / (size - 1) - 1``) and zeros

@@ -1,4 +1,4 @@
-"""The UNet encoder shared by the registration and the segmentation network (METHOD.md 2, 4)."""
+"""The UNet encoder shared by the registration and the segmentation network (docs/METHOD.md 2, 4)."""
 from __future__ import annotations
 
 from typing import Callable

@@ -1,4 +1,4 @@
-"""Command-line flags shared by the three top-level scripts (see ../shared/CLI.md)."""
+"""Command-line flags shared by the three top-level scripts, and the one-line-error parser of every command."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""Affine estimation of one image pair (METHOD.md section 1), OpenCV only.
+"""Affine estimation of one image pair (docs/METHOD.md section 1), OpenCV only.
 
 For images ``moving``, ``fixed`` of one size, :func:`estimate_affine` returns a 2x3
 float64 affine ``M`` in OpenCV's *inverse-map* convention: it maps a fixed-frame

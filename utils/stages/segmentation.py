@@ -1,4 +1,4 @@
-"""What every segmentation method shares (METHOD.md section 6): data, network, optimizer,
+"""What every segmentation method shares (docs/METHOD.md section 6): data, network, optimizer,
 schedule, mixed precision, validation and checkpoint selection.
 
 A method (SS-MGS, the supervised baseline, the semi-supervised baselines) derives

@@ -1,4 +1,4 @@
-"""SS-MGS (METHOD.md sections 3-5): RSGM images and the RNSF loss on top of the shared segmenter.
+"""SS-MGS (docs/METHOD.md sections 3-5): RSGM images and the RNSF loss on top of the shared segmenter.
 
 One iteration: RSGM images ``g1, g2`` and label ``y_g`` from the cached outputs of
 the fold's frozen registration net; one forward pass over ``[x_l, g1, g2, u_neg]``;
