@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_training_args(args)
     device = select_device(args.device)
     if device.type == "cpu":
-        keep_freed_memory()  # faster CPU iterations; a process-wide allocator setting (README)
+        keep_freed_memory()  # faster CPU iterations; a process-wide allocator setting (docs/benchmarks.md)
     train_folds(args, device, RegistrationStage)
 
 

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = select_device(args.device)
     use_amp(args.amp, device)  # an impossible --amp fails before any work
     if device.type == "cpu":
-        keep_freed_memory()  # faster CPU iterations; a process-wide allocator setting (README)
+        keep_freed_memory()  # faster CPU iterations; a process-wide allocator setting (docs/benchmarks.md)
     train_folds(args, device, build_stage)
 
 

@@ -118,7 +118,7 @@ def main(argv=None) -> None:
         print("\n".join(iteration_report(r, base_mib)))
         print(f"  no-grad forward, batch 2           {r['infer_s']:9.2f} s")
     print("\ntargets: <= 1.3 x floor, <= 1.5 GB peak (the published implementation's figures are in "
-          "the README's speed table).")
+          "docs/benchmarks.md).")
 
 
 if __name__ == "__main__":

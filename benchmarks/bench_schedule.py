@@ -11,7 +11,7 @@ writing. Then extrapolates every stage to the paper's schedule (registration 200
 The data set is generated (73 patients x 4 images at the paper's 740 x 350 unless
 told otherwise) or given with ``--data-dir`` (folds and pre-alignment made if missing).
 
-    python benchmarks/bench_schedule.py --device cuda             # the GPU figures of the README
+    python benchmarks/bench_schedule.py --device cuda             # the GPU figures of docs/benchmarks.md
     python benchmarks/bench_schedule.py --patients 12 --size 256 128 --epochs 2 --iters 5   # a quick look
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ iterations, each at the rate sampled just before and after it), peak resident me
 of each subprocess and of a baseline one that only builds the nets and the batch.
 Children call ``utils.training.memory.keep_freed_memory()``
 (glibc keeps freed blocks instead of unmapping them: faster, with a higher peak; the
-README's speed table has the figures) unless ``--default-malloc``.
+docs/benchmarks.md has the figures) unless ``--default-malloc``.
 
 On ``--device cuda`` the iteration runs in mixed precision, as the trainer's ``--amp auto``
 does there; times wait for the GPU, and the GPU's peak allocated memory is printed too.
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
         if seg_flops is not None and variant != "cached":
             print(f"  ratio to the segmenter's floor     {statistics.median(floor_ratios(r, seg_flops)):9.2f}"
                   f"   (median; the cached iteration's FLOPs at the rate around each iteration)")
-    print(f"\n{TARGETS} (the published implementation's figures are in the README's speed table).")
+    print(f"\n{TARGETS} (the published implementation's figures are in docs/benchmarks.md).")
 
 
 if __name__ == "__main__":

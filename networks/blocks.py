@@ -22,8 +22,8 @@ from utils.precision import no_autocast
 
 #: Elements of one ``[rows, N]`` query block of :class:`_ChunkedAttention` (about 500 rows
 #: at the 1/4 scale of a 350 x 740 image). At most three such temporaries live at once:
-#: larger blocks mean fewer, larger BLAS calls but more memory (the README's speed notes
-#: give the measured trade-off).
+#: larger blocks mean fewer, larger BLAS calls but more memory (docs/benchmarks.md has
+#: the measured trade-off).
 CHUNK_ELEMENTS = 2 ** 23
 
 ATTENTION_IMPLS = ("auto", "chunked", "sdpa", "reference")

@@ -48,7 +48,7 @@ class RegistrationNet(UNetEncoder):
     the largest activations (``inc``, ``down1``, ``up3``, ``up4``: full and half
     resolution) keep only their inputs and recompute the rest in the backward pass
     (``torch.utils.checkpoint``); the same gradients up to float rounding. It trades
-    a few percent more time for a somewhat lower peak memory (README, speed table), so
+    a few percent more time for a somewhat lower peak memory (docs/benchmarks.md), so
     it is off unless memory is that tight.
     """
 

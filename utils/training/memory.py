@@ -20,8 +20,8 @@ def keep_freed_memory() -> bool:
     such tensor is page-faulted (and zeroed by the kernel) again on every iteration.
     ``M_MMAP_MAX = 0`` serves all blocks from the heap and ``M_TRIM_THRESHOLD = 1 GiB``
     keeps up to that much freed memory mapped: iterations get faster, at the price of
-    some heap fragmentation (a higher and more variable peak RSS; the README's speed
-    table has the measured figures). Changes speed and memory only, never results.
+    some heap fragmentation (a higher and more variable peak RSS; docs/benchmarks.md
+    has the measured figures). Changes speed and memory only, never results.
     Process-wide (forked workers inherit it); call once at start-up.
     Returns False (and does nothing) where the C library is not glibc.
     """
