@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dataloaders.dataset as dataset_module
 from dataloaders.dataset import DatasetFolder
@@ -90,9 +92,16 @@ def test_a_flag_of_another_method_is_a_one_line_error(method, flag):
 
 
 @pytest.mark.parametrize("method, flag", [("bcp", "--ema-decay 0.9"), ("ua-mt", "--uncertainty-passes 4"),
-                                          ("ss-mgs", "--negatives 20"), ("mean-teacher", "--consistency-start 0.1")])
+                                          ("ss-mgs", "--negatives 20"), ("mean-teacher", "--consistency-start 0.1"),
+                                          ("ss-mgs", "--ramp-fraction 0.5 --ramp-length 20")])
 def test_a_methods_own_flags_are_accepted(method, flag):
     check_args(build_parser().parse_args(["--data-dir", "x", "--method", method, *flag.split()]))
+
+
+@pytest.mark.parametrize("flag", ["--ramp-fraction -0.5", "--ramp-length -1"])
+def test_a_negative_ramp_is_a_one_line_error(flag):
+    with pytest.raises(InputError, match=rf"^{flag.split()[0]} must be >= 0"):
+        check_args(build_parser().parse_args(["--data-dir", "x", *flag.split()]))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -133,6 +142,19 @@ def test_method_specific_state_is_checkpointed(tiny):
     for method, keys in expected.items():
         state = load_checkpoint(runs / f"{method}_straight" / "fold1" / "last.pth")
         assert keys <= set(state), f"{method} does not checkpoint {sorted(keys - set(state))}"
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """``step -> value`` of a TensorBoard scalar in ``run_dir``."""
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def test_rnsf_ramp_spans_the_run_and_its_last_epoch_has_the_full_weight(tiny):
+    _, runs = tiny
+    weights = scalars(runs / "ss-mgs_straight" / "fold1", "train/rnsf_ramp_weight")  # 2 epochs, default 0.1
+    assert weights == pytest.approx({1: 0.1 * math.exp(-5 * 0.5 ** 2), 2: 0.1})
 
 
 def test_test_script_compares_every_method_with_the_first(tiny):

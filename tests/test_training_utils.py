@@ -17,7 +17,7 @@ from utils.training.checkpoints import CheckpointManager, find_best_checkpoint, 
 from utils.training.engine import TrainingDiverged, check_finite, make_writer
 from utils.training.rng_state import restore_rng_state, rng_state
 from utils.training.runtime import make_generator, seed_everything, seed_worker, select_device, use_amp
-from utils.training.schedules import ramp_up
+from utils.training.schedules import epoch_ramp, ramp_length, ramp_up
 from utils.evaluation.visualise import (deformation_grid, grid_lines, image_grid_panel, overlay_mask, save_png,
                              tp_fp_fn_overlay)
 
@@ -53,6 +53,18 @@ def test_ramp_up_values():
     assert ramp_up(80) == pytest.approx(1.0)
     assert ramp_up(5, length=0) == 1.0
     assert ramp_up(10, length=20) == pytest.approx(math.exp(-1.25))
+
+
+def test_epoch_ramp_counts_from_one_and_a_fraction_of_the_run():
+    ten = [epoch_ramp(e, ramp_length(10)) for e in range(10)]
+    assert ten == pytest.approx([math.exp(-5 * (1 - (e + 1) / 10) ** 2) for e in range(10)])
+    assert ten[-1] == 1.0 and ten[0] == pytest.approx(math.exp(-5 * 0.81))
+    # the paper's run: a ramp of 50 epochs over 50, shifted by one epoch only
+    assert ramp_length(50) == 50
+    assert [epoch_ramp(e, 50) for e in range(50)] == [ramp_up(e + 1, 50) for e in range(50)]
+    assert ramp_length(10, fraction=0.5) == 5 and epoch_ramp(4, 5) == 1.0
+    assert ramp_length(10, fraction=0.5, length=50) == 50  # an explicit length wins
+    assert ramp_length(10, length=0) == 0 and epoch_ramp(0, 0) == 1.0
 
 
 def _draws():

@@ -37,8 +37,8 @@ def _supervised(args: argparse.Namespace, k: int, data: FoldData, device: torch.
     return ss_mgs.SSMGSStage(args, k, data, device)
 
 
-SS_MGS_OPTIONS = ("reg_exp", "reg_checkpoint", "rs_weight", "rnsf_weight", "ramp_length", "temperature",
-                  "negatives", "negative_mode", "coefficients", "no_rsgm", "no_rnsf")
+SS_MGS_OPTIONS = ("reg_exp", "reg_checkpoint", "rs_weight", "rnsf_weight", "ramp_fraction", "ramp_length",
+                  "temperature", "negatives", "negative_mode", "coefficients", "no_rsgm", "no_rnsf")
 TEACHER_OPTIONS = ("ema_decay", "consistency", "teacher_noise")
 
 #: The one registry of segmentation methods: the trainer, the test script and ``run_demo.py`` read it.
@@ -102,6 +102,10 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    for name in ("ramp_fraction", "ramp_length"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if not 0.0 <= args.unimatch_dropout < 1.0:
         raise InputError(f"--unimatch-dropout must be in [0, 1), got {args.unimatch_dropout}")
     check_method_options(args, build_parser())

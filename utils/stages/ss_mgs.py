@@ -2,7 +2,8 @@
 
 One iteration: RSGM images ``g1, g2`` and label ``y_g`` from the cached outputs of
 the fold's frozen registration net; one forward pass over ``[x_l, g1, g2, u_neg]``;
-``L_seg + L_rs + rnsf_weight * ramp(epoch) * L_rnsf``. ``--no-rsgm`` / ``--no-rnsf``
+``L_seg + L_rs + rnsf_weight * ramp(epoch) * L_rnsf``, the ramp spanning ``--ramp-fraction``
+of the run (or ``--ramp-length`` epochs), epochs counted from 1. ``--no-rsgm`` / ``--no-rnsf``
 drop a term (the ablations); with both, no registration net is loaded and the
 stage trains the supervised-only baseline on the Atlas images.
 """
@@ -24,7 +25,7 @@ from utils.stages.registration import load_registration_network
 from utils.training.checkpoints import find_best_checkpoint, run_dir_for
 from utils.training.engine import FiniteCheck
 from utils.training.runtime import make_generator
-from utils.training.schedules import ramp_up
+from utils.training.schedules import epoch_ramp, ramp_length
 from utils.stages.segmentation import SegmentationStage, panel_tiles, scaled_step, split_outputs, tile_panel
 
 
@@ -40,8 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="L_rs = RS_WEIGHT * (DiceCE(g1) + DiceCE(g2)) (default: 0.5)")
     parser.add_argument("--rnsf-weight", type=float, default=0.1,
                         help="weight of L_rnsf, times the ramp-up (default: 0.1)")
-    parser.add_argument("--ramp-length", type=int, default=50,
-                        help="epochs of the exp(-5(1-e/L)^2) ramp-up of the RNSF weight (default: 50)")
+    parser.add_argument("--ramp-fraction", type=float, default=1.0,
+                        help="length L of the exp(-5(1-e/L)^2) ramp-up of the RNSF weight as a fraction of "
+                             "--epochs, epochs e counted from 1, so the ramp's last epoch gets the full weight "
+                             "(default: 1.0, the whole run: the paper's 50 of 50 epochs)")
+    parser.add_argument("--ramp-length", type=int, default=None, metavar="EPOCHS",
+                        help="the ramp's length L in epochs instead; when given it wins over --ramp-fraction "
+                             "(default: not set)")
     parser.add_argument("--temperature", type=float, default=0.1, help="RNSF temperature (default: 0.1)")
     parser.add_argument("--negatives", type=int, default=250, help="RNSF negatives per anchor K (default: 250)")
     parser.add_argument("--negative-mode", default="reliable", choices=("reliable", "random", "mean"),
@@ -139,7 +145,8 @@ class SSMGSStage(SegmentationStage):
         self.config = SegmentationConfig.from_args(args)
         self.cache = None
         super().__init__(args, k, data, device)
-        self.rnsf_weight, self.ramp_length, self.ramp = args.rnsf_weight, args.ramp_length, 0.0
+        self.rnsf_weight, self.ramp = args.rnsf_weight, 0.0
+        self.ramp_length = ramp_length(args.epochs, args.ramp_fraction, args.ramp_length)
         self.coefficient_rng = make_generator(args.seed + k)
 
     def build_before_network(self, args: argparse.Namespace, k: int, data: FoldData) -> None:
@@ -153,7 +160,7 @@ class SSMGSStage(SegmentationStage):
         return {**super().state(), "coefficient_rng": self.coefficient_rng}
 
     def start_epoch(self, epoch: int) -> None:
-        self.ramp = ramp_up(epoch, self.ramp_length)
+        self.ramp = epoch_ramp(epoch, self.ramp_length)
 
     def train_step(self, batch: dict, check: FiniteCheck) -> tuple[dict[str, float], dict]:
         return segmentation_step(self.net, self.optimizer, self.scaler, batch, self.cache, self.config, self.ramp,
