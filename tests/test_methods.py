@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -142,6 +143,25 @@ def test_method_specific_state_is_checkpointed(tiny):
     for method, keys in expected.items():
         state = load_checkpoint(runs / f"{method}_straight" / "fold1" / "last.pth")
         assert keys <= set(state), f"{method} does not checkpoint {sorted(keys - set(state))}"
+
+
+def test_bcp_pretrains_half_the_run_and_selects_among_self_training_epochs_only(tiny):
+    _, runs = tiny  # bcp_straight: 2 epochs, so epoch 1 pre-trains and epoch 2 self-trains
+    assert build_parser().get_default("bcp_pretrain") == 0.5
+    run_dir = runs / "bcp_straight" / "fold1"
+    manifest = json.loads((run_dir / "best.json").read_text())
+    assert [entry["epoch"] for entry in manifest["checkpoints"]] == [2]
+    assert sorted(p.name for p in run_dir.glob("best_*.pth")) == [manifest["best"]]
+    last = load_checkpoint(run_dir / "last.pth")
+    assert math.isfinite(last["pretrained"]["score"]) and last["pretrained"]["weights"]  # the teacher's start
+    assert set(scalars(run_dir, "val/best_iou")) == {2}
+    assert scalars(run_dir, "val/best_pretraining_iou") == pytest.approx({1: last["pretrained"]["score"]})
+
+
+def test_bcp_needs_a_self_training_epoch():
+    args = build_parser().parse_args(["--data-dir", "x", "--method", "bcp", "--epochs", "2", "--bcp-pretrain", "0.9"])
+    with pytest.raises(InputError, match=r"^--bcp-pretrain 0.9 of --epochs 2 leaves no self-training epoch"):
+        check_args(args)
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:

@@ -311,6 +311,18 @@ def test_save_epoch_and_resume_restore_every_stateful_object(tmp_path):
     assert torch.equal(torch.rand(3), expected_global)
 
 
+def test_an_epoch_that_is_not_selectable_writes_last_but_never_a_best_checkpoint(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=3)
+    net = torch.nn.Linear(2, 1)
+    assert manager.save_epoch({"model": net}, 0, 0.9, selectable=False) == -math.inf
+    assert (tmp_path / "last.pth").is_file() and manager.best == [] and not (tmp_path / "best.json").exists()
+    assert manager.save_epoch({"model": net}, 1, 0.4) == 0.4  # lower, but the first selectable one
+    assert manager.save_epoch({"model": net}, 2, 0.95, selectable=False) == 0.4
+    assert [e["epoch"] for e in manager.best] == [2]
+    assert find_best_checkpoint(tmp_path).name == "best_epoch002_score0.4000.pth"
+    assert sorted(p.name for p in tmp_path.glob("best_*.pth")) == ["best_epoch002_score0.4000.pth"]
+
+
 def test_resume_without_last_starts_from_scratch(tmp_path, capsys):
     assert CheckpointManager(tmp_path).resume({}, "cpu", "fold 1") == (0, float("-inf"))
     assert "starting from scratch" in capsys.readouterr().out

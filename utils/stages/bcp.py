@@ -1,10 +1,20 @@
 """Bidirectional copy-paste (BCP repository, ``code/ACDC_BCP_train.py``), ported to the shared segmenter.
 
+Two phases, as published:
+
+- **Pre-training is half of the run** (``--bcp-pretrain 0.5`` of the epochs): the
+  original's ACDC script pre-trains for its full ``max_iterations`` (30k) and then
+  self-trains for as many again; its ``pre_iterations`` (10k) is parsed but never used.
+- **The tested model is the best on val among the self-training epochs only**: a
+  pre-training epoch is validated (its best weights start self-training) but never
+  becomes a best checkpoint (``Validation.selectable`` is False), as the original
+  selects its self-training model among self-training checkpoints.
+
 One zero box of ``int(2H/3) x int(2W/3)`` at a uniform position; ``M`` is 1 outside
-it. Pre-training (the first third of the run's epochs, as the original's 10k of
-30k iterations): labelled copy-paste, ``x_l`` outside the box and an Atlas image of
+it. Pre-training: labelled copy-paste, ``x_l`` outside the box and an Atlas image of
 another patient inside, each region supervised by its own label. At the first
-self-training epoch the best-on-val pre-training weights start both the student
+self-training epoch the best-on-val pre-training weights (kept apart from the best
+checkpoints, in the checkpointed :class:`WeightsSnapshot`) start both the student
 and the EMA teacher (fixed decay 0.99, no warm-up). Self-training: the teacher's
 argmax labels the unlabelled images ``u_a``, ``u_b``; mix 1 = ``u_a`` outside, ``x_l``
 inside; mix 2 = ``x_l2`` outside, ``u_b`` inside. Every region takes Dice + CE on its
@@ -20,6 +30,7 @@ student keeps its optimizer state when the pre-training weights are loaded.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -28,6 +39,7 @@ from torch.utils.tensorboard import SummaryWriter
 from dataloaders.fold_data import FoldData
 from networks.losses import region_cross_entropy, region_dice_loss
 from networks.weights import ema_update
+from utils.errors import InputError
 from utils.onehot import class_index, one_hot
 from utils.stages.augmentations import box_mask, copy_paste_box
 from utils.stages.segmentation import scaled_step, tile_panel
@@ -37,14 +49,27 @@ from utils.training.engine import FiniteCheck, Validation
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("bcp")
-    group.add_argument("--bcp-pretrain", type=float, default=1 / 3,
-                       help="bcp: fraction of the epochs spent on labelled copy-paste pre-training "
-                            "(default: 1/3)")
+    group.add_argument("--bcp-pretrain", type=float, default=0.5, metavar="F",
+                       help="bcp: fraction of the epochs spent on labelled copy-paste pre-training; the "
+                            "tested model is chosen among the self-training epochs that follow, so at "
+                            "least one must remain (default: 0.5, as the original's two equal phases)")
     group.add_argument("--bcp-box", type=float, default=2 / 3,
                        help="bcp: side of the pasted box as a fraction of the image side (default: 2/3)")
     group.add_argument("--bcp-pseudo-weight", type=float, default=0.5,
                        help="bcp: weight of the pseudo-labelled region against 1 for ground truth "
                             "(default: 0.5)")
+
+
+def pretrain_epochs(epochs: int, fraction: float) -> int:
+    """The number of pre-training epochs: ``fraction`` of ``epochs``, rounded to the nearest."""
+    return int(round(int(epochs) * float(fraction)))
+
+
+def check_schedule(epochs: int, fraction: float) -> None:
+    """InputError when ``--bcp-pretrain`` leaves no self-training epoch to select the tested model from."""
+    if pretrain_epochs(epochs, fraction) >= epochs:
+        raise InputError(f"--bcp-pretrain {fraction:g} of --epochs {epochs} leaves no self-training epoch, "
+                         f"and the tested model is chosen among those; use a smaller fraction or more epochs")
 
 
 def mix(outside: torch.Tensor, inside: torch.Tensor, outside_mask: torch.Tensor) -> torch.Tensor:
@@ -90,7 +115,8 @@ class BCPStage(SemiSupervisedStage):
     def __init__(self, args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> None:
         super().__init__(args, k, data, device)
         self.teacher = self.teacher_like(self.net)
-        self.pretrain_epochs = int(round(args.epochs * args.bcp_pretrain))
+        check_schedule(args.epochs, args.bcp_pretrain)
+        self.pretrain_epochs = pretrain_epochs(args.epochs, args.bcp_pretrain)
         self.box_fraction, self.pseudo_weight, self.decay = args.bcp_box, args.bcp_pseudo_weight, args.ema_decay
         self.pretrained = WeightsSnapshot()
         self.pretraining = self.pretrain_epochs > 0
@@ -111,10 +137,15 @@ class BCPStage(SemiSupervisedStage):
                   f"{self.pretrained.score:.4f}")
 
     def validate(self, epoch: int) -> Validation:
+        """Pre-training epochs: offered to the snapshot that starts self-training, never selectable."""
         validation = super().validate(epoch)
-        if self.pretraining:
-            self.pretrained.offer(validation.score, self.net)
-        return validation
+        if not self.pretraining:
+            return validation
+        self.pretrained.offer(validation.score, self.net)
+        return replace(validation, selectable=False,
+                       scalars={**validation.scalars, "best_pretraining_iou": self.pretrained.score},
+                       note=f"{validation.note}; pre-training, not selectable, "
+                            f"best pre-training IoU {self.pretrained.score:.4f}")
 
     def epoch_scalars(self, epoch: int) -> dict[str, float]:
         return {"bcp_pretraining": float(self.pretraining)}

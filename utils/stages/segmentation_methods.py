@@ -102,6 +102,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.method == "bcp":
+        bcp.check_schedule(args.epochs, args.bcp_pretrain)
     for name in ("ramp_fraction", "ramp_length"):
         value = getattr(args, name)
         if value is not None and value < 0:

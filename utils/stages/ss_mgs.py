@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="L_rs = RS_WEIGHT * (DiceCE(g1) + DiceCE(g2)) (default: 0.5)")
     parser.add_argument("--rnsf-weight", type=float, default=0.1,
                         help="weight of L_rnsf, times the ramp-up (default: 0.1)")
-    parser.add_argument("--ramp-fraction", type=float, default=1.0,
+    parser.add_argument("--ramp-fraction", type=float, default=1.0, metavar="F",
                         help="length L of the exp(-5(1-e/L)^2) ramp-up of the RNSF weight as a fraction of "
                              "--epochs, epochs e counted from 1, so the ramp's last epoch gets the full weight "
                              "(default: 1.0, the whole run: the paper's 50 of 50 epochs)")

@@ -162,19 +162,22 @@ class CheckpointManager:
             (self.run_dir / old["file"]).unlink(missing_ok=True)
         return True
 
-    def save_epoch(self, stateful: Mapping[str, Any], epoch: int, score: float, **extra: Any) -> float:
-        """End of (0-based) ``epoch``: a best checkpoint if ``score`` ranks, then last.pth.
+    def save_epoch(self, stateful: Mapping[str, Any], epoch: int, score: float, selectable: bool = True,
+                   **extra: Any) -> float:
+        """End of (0-based) ``epoch``: a best checkpoint if ``score`` ranks (and the epoch is
+        ``selectable``: one that is not never enters the best list), then last.pth.
 
         ``stateful``: name -> model / optimizer / scheduler / GradScaler (``state_dict``)
         or ``torch.Generator`` (``get_state``); ``extra`` (args, fold, ...) is stored
-        as is. Returns the best score so far.
+        as is. Returns the best score so far (-inf before a selectable epoch had a finite score).
         """
         reserved = {"rng", "best_score", "epoch", "score"} & (set(stateful) | set(extra))
         if reserved:
             raise ValueError(f"save_epoch: names {sorted(reserved)} are reserved")
         state = {name: _state_of(obj) for name, obj in stateful.items()}
         state.update(extra, epoch=int(epoch), score=float(score))
-        self.maybe_save_best(state, score, epoch + 1)
+        if selectable:
+            self.maybe_save_best(state, score, epoch + 1)
         best = self.best[0]["score"] if self.best else -math.inf
         state.update(rng=rng_state(), best_score=best)
         self.save_last(state)

@@ -13,7 +13,9 @@ Per epoch ``e`` (0-based), in this order: ``train_set.set_epoch(e)``,
 ``stage.start_epoch(e)``, the iterations (``train/<term>`` at the global step),
 ``train/lr`` and ``stage.epoch_scalars(e)`` at ``e + 1``, the panel when due,
 ``stage.end_epoch(e)`` (e.g. the scheduler step), ``stage.validate(e)`` (``val/<name>``
-at ``e + 1``), the checkpoints, ``stage.best_scalar`` at ``e + 1``, and one printed line.
+at ``e + 1``), the checkpoints (a best one only when the validation is ``selectable``),
+``stage.best_scalar`` at ``e + 1`` (once a selectable epoch has a finite score), and one
+printed line.
 """
 from __future__ import annotations
 
@@ -46,12 +48,16 @@ class TrainingDiverged(InputError):
 class Validation:
     """One epoch's validation. ``score`` selects checkpoints (higher is better);
     ``scalars`` are logged as ``val/<name>``; ``message`` and ``note`` are printed as
-    ``epoch N: <message> (<note>; best <score_label> S)``."""
+    ``epoch N: <message> (<note>; best <score_label> S)``. ``selectable``: whether this
+    epoch's networks may become the run's selected model (a best checkpoint, ``best.json``,
+    what the test script loads); an epoch that may not (e.g. BCP's pre-training) still
+    writes ``last.pth``, and the best score so far stays that of the selectable epochs."""
 
     score: float
     scalars: dict[str, float]
     message: str
     note: str = ""
+    selectable: bool = True
 
 
 class Stage(ABC):
@@ -225,13 +231,16 @@ def fit(stage: Stage, settings: FitSettings) -> Validation | None:
         for epoch in range(first, settings.epochs):
             started = time.time()
             step, validation = _run_epoch(stage, loader, writer, step, epoch, settings)
-            best = checkpoints.save_epoch(stage.state(), epoch, validation.score, kind=stage.kind,
-                                          network=stage.network_config(), **settings.extra)
-            writer.add_scalar(stage.best_scalar, best, epoch + 1)
+            best = checkpoints.save_epoch(stage.state(), epoch, validation.score, selectable=validation.selectable,
+                                          kind=stage.kind, network=stage.network_config(), **settings.extra)
+            if math.isfinite(best):
+                writer.add_scalar(stage.best_scalar, best, epoch + 1)
             writer.flush()
             note = f"{validation.note}; " if validation.note else ""
+            selected = (f"best {stage.score_label} {best:.4f}" if math.isfinite(best)
+                        else f"no {stage.score_label} selected yet")
             print(f"{settings.label} epoch {epoch + 1}: {validation.message} "
-                  f"({note}best {stage.score_label} {best:.4f}) [{time.time() - started:.0f}s]".strip())
+                  f"({note}{selected}) [{time.time() - started:.0f}s]".strip())
     finally:
         writer.close()
     return validation
