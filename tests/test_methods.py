@@ -105,8 +105,9 @@ def test_a_negative_ramp_is_a_one_line_error(flag):
         check_args(build_parser().parse_args(["--data-dir", "x", *flag.split()]))
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_resume_after_an_interruption_continues_exactly(tiny, method, monkeypatch):
+@pytest.mark.parametrize("method, extra", [(m, ()) for m in sorted(METHODS)]
+                         + [("mean-teacher", ("--batch-size", "2"))])
+def test_resume_after_an_interruption_continues_exactly(tiny, method, extra, monkeypatch):
     data, runs = tiny
     folder = DatasetFolder(data)
     fold = load_fold(data, 1, folder)
@@ -116,14 +117,15 @@ def test_resume_after_an_interruption_continues_exactly(tiny, method, monkeypatc
     monkeypatch.setattr(dataset_module, "read_label",
                         lambda path, size=None: opened.append(Path(path).stem) or original(path, size))
 
-    train_folds(method_args(data, runs, method, f"{method}_straight"), CPU, build_stage)
+    name = method + "".join(extra).replace("--", "_")
+    train_folds(method_args(data, runs, method, f"{name}_straight", *extra), CPU, build_stage)
     with pytest.raises(KeyboardInterrupt):  # killed in the middle of epoch 2 (after steps 1, 2 and 3)
-        train_folds(method_args(data, runs, method, f"{method}_resumed"), CPU, interrupted_at(4))
-    assert load_checkpoint(runs / f"{method}_resumed" / "fold1" / "last.pth")["epoch"] == 0
-    train_folds(method_args(data, runs, method, f"{method}_resumed", "--resume"), CPU, build_stage)
+        train_folds(method_args(data, runs, method, f"{name}_resumed", *extra), CPU, interrupted_at(4))
+    assert load_checkpoint(runs / f"{name}_resumed" / "fold1" / "last.pth")["epoch"] == 0
+    train_folds(method_args(data, runs, method, f"{name}_resumed", "--resume", *extra), CPU, build_stage)
 
-    straight = load_checkpoint(runs / f"{method}_straight" / "fold1" / "last.pth")
-    resumed = load_checkpoint(runs / f"{method}_resumed" / "fold1" / "last.pth")
+    straight = load_checkpoint(runs / f"{name}_straight" / "fold1" / "last.pth")
+    resumed = load_checkpoint(runs / f"{name}_resumed" / "fold1" / "last.pth")
     assert straight["epoch"] == resumed["epoch"] == 1
     stateful = [key for key, value in straight.items() if isinstance(value, dict) and key not in ("args", "rng")]
     assert "model" in stateful and "optimizer" in stateful

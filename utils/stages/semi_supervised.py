@@ -22,13 +22,15 @@ from utils.training.schedules import ramp_up
 
 
 class SemiSupervisedStage(SegmentationStage):
-    """Adds the global step, the run's length in steps, and ``method_rng`` (checkpointed)."""
+    """Adds the global step (one per iteration, counted from 0), the run's length in steps, and
+    ``method_rng`` (checkpointed)."""
 
     pool_views = True
 
     def __init__(self, args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> None:
         super().__init__(args, k, data, device)
-        self.total_steps = args.epochs * args.iters
+        self.steps_per_epoch = args.iters  # iterations, whatever the batch size (len(train_set) = iters x batch)
+        self.total_steps = args.epochs * self.steps_per_epoch
         self.step = 0
         self.method_rng = make_generator(args.seed + k)
 
@@ -36,7 +38,7 @@ class SemiSupervisedStage(SegmentationStage):
         return {**super().state(), "method_rng": self.method_rng}
 
     def start(self, first_epoch: int, writer: SummaryWriter) -> None:
-        self.step = first_epoch * len(self.train_set)
+        self.step = first_epoch * self.steps_per_epoch
 
     def ramp(self) -> float:
         """``sigmoid_rampup(step, total steps)``: 0 at the start of the run, 1 at its end."""
