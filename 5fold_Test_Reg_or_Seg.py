@@ -44,7 +44,7 @@ from utils.evaluation.summaries import (REG_COLUMNS, REG_METRICS, SEG_COLUMNS, S
                                         summary_rows, table_lines)
 from utils.files import write_csv
 from utils.stages.registration import load_registration_network
-from utils.stages.segmentation_methods import method_of
+from utils.stages.segmentation_methods import method_of, training_setting
 from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
 from utils.training.runtime import select_device, use_amp
 
@@ -128,12 +128,14 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
     amp = use_amp(args.amp, device)
     grades = read_grades(args.grades) if args.grades else None
     measured: dict[str, tuple[list[dict], list[dict]]] = {}
+    settings: dict[str, str] = {}  # training setting -> the first experiment trained with it
 
     def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, need_prealign=False)
         net, state = load_network(checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py"), SegmentationNet(), device)
         trained = state.get("args") or {}
         print(f"{exp} fold {k}: {method_of(trained)}")
+        settings.setdefault(training_setting(trained), exp)
         target = trained.get("target", "gland")
         keepers = [segmentation_overlay_saver(out_dir / "images")] if args.save_images else []
         if target == "gland":
@@ -145,6 +147,11 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
     unit = "pixels" if args.pixel_size == 1 else "units of --pixel-size"
     scored = score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS,
                                f"Segmentation of test images (mean +- std over images; HD95 in {unit})")
+    if len(settings) > 1:
+        print("\nwarning: these models were trained with different settings ("
+              + "; ".join(f"{exp}: {setting}" for setting, exp in settings.items())
+              + "), so their differences are not those of the methods alone: train every method with one "
+              "--augment and --dropout")
     print_comparison(args, scored, SEG_METRICS)
     for exp, (pred_rows, true_rows) in measured.items():
         print("\n".join(write_report(Path(args.runs_dir) / exp / "test", exp, pred_rows, true_rows, grades)))

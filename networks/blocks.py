@@ -2,7 +2,8 @@
 
 All blocks take and return feature maps ``[B, C, H, W]``.
 
-- :class:`ConvBlock`: (conv3x3 -> GroupNorm(C/4 groups) -> LeakyReLU(0.2)) x 2.
+- :class:`ConvBlock`: (conv3x3 -> GroupNorm(C/4 groups) -> LeakyReLU(0.2)) x 2, optionally
+  with element-wise dropout between the two (as SSL4MIS's UNet encoder blocks).
 - :class:`Down`: 2x2 max-pool, then a :class:`ConvBlock`.
 - :class:`Up`: bilinear x2 (``align_corners=True``), concat ``[skip, up]``,
   optional attention on the concatenated features, then a :class:`ConvBlock`
@@ -36,20 +37,31 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 class ConvBlock(nn.Module):
-    """(conv3x3 -> GroupNorm(C/4) -> LeakyReLU(0.2)) twice: ``[B, in, H, W] -> [B, out, H, W]``."""
+    """(conv3x3 -> GroupNorm(C/4) -> LeakyReLU(0.2)) twice: ``[B, in, H, W] -> [B, out, H, W]``.
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    ``dropout > 0``: ``nn.Dropout(dropout)`` (element-wise, active in training mode only)
+    after the first LeakyReLU, where SSL4MIS's UNet puts it. It holds no weights, so the
+    state dict is the same with or without it; with ``dropout = 0`` nothing is inserted
+    (the block computes exactly what it did before the option existed).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.block = nn.Sequential(
             nn.Conv2d(in_ch, out_ch, 3, padding=1), group_norm(out_ch), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(out_ch, out_ch, 3, padding=1), group_norm(out_ch), nn.LeakyReLU(0.2, inplace=True),
         )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:
         """``ConvBlock(cat(parts, dim=1))`` without materialising the concatenation: the
         first conv is the sum of one conv per part over its slice of the weight."""
-        if len(parts) == 1:
-            return self.block(parts[0])
+        if self.dropout is None:
+            return self.block(parts[0]) if len(parts) == 1 else self.block[1:](self._first_conv(parts))
+        out = self.block[:3](parts[0]) if len(parts) == 1 else self.block[1:3](self._first_conv(parts))
+        return self.block[3:](self.dropout(out))
+
+    def _first_conv(self, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
         first = self.block[0]
         channels = sum(part.shape[1] for part in parts)
         if channels != first.in_channels:
@@ -61,16 +73,16 @@ class ConvBlock(nn.Module):
                             padding=first.padding)
             out = term if out is None else out.add_(term)
             start = stop
-        return self.block[1:](out)
+        return out
 
 
 class Down(nn.Module):
-    """2x2 max-pool then :class:`ConvBlock`: ``[B, in, H, W] -> [B, out, H/2, W/2]``."""
+    """2x2 max-pool then :class:`ConvBlock` (with its ``dropout``): ``[B, in, H, W] -> [B, out, H/2, W/2]``."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.pool = nn.MaxPool2d(2)
-        self.conv = ConvBlock(in_ch, out_ch)
+        self.conv = ConvBlock(in_ch, out_ch, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))

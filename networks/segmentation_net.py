@@ -17,6 +17,14 @@ multiples of 16 at or above ``H x W``; every head output is resized back to
 (``Hr/4 x Wr/4``) are resized to ``h4 x w4`` BEFORE the projector, so every
 projected vector is the projection of one (interpolated) feature vector. When
 ``H, W`` are multiples of 16 no resizing happens at all.
+
+``dropout = P`` (``--dropout``; 0, the paper's network, by default) puts element-wise
+dropout into the five encoder blocks with :func:`encoder_dropout`'s probabilities:
+SSL4MIS's UNet encoder profile (0.05, 0.1, 0.2, 0.3, 0.5 from the first block to the
+deepest) scaled so that the deepest block has ``P``; ``P = 0.5`` is SSL4MIS's encoder.
+Dropout acts in training mode only and holds no weights: checkpoints load into a network
+with any ``dropout``, and ``P = 0`` builds exactly the network without the option (same
+modules, same seeded initialisation, same outputs).
 """
 from __future__ import annotations
 
@@ -28,6 +36,17 @@ from networks.blocks import Up
 from networks.unet_encoder import ENCODER_CHANNELS, UNetEncoder
 
 MULTIPLE = 16
+
+#: SSL4MIS's encoder dropout by depth (``inc`` ... ``down4``), divided by its deepest value 0.5.
+DROPOUT_PROFILE = (0.1, 0.2, 0.4, 0.6, 1.0)
+
+
+def encoder_dropout(p: float) -> tuple[float, ...]:
+    """Dropout probability of each encoder block for ``--dropout p``: ``p`` times
+    :data:`DROPOUT_PROFILE` (``p = 0.5`` gives SSL4MIS's 0.05, 0.1, 0.2, 0.3, 0.5)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    return tuple(p * share for share in DROPOUT_PROFILE)
 
 
 def padded_size(height: int, width: int, multiple: int = MULTIPLE) -> tuple[int, int]:
@@ -49,8 +68,9 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class SegmentationNet(UNetEncoder):
     """UNet 16-32-64-128-256 / 128-64-32-16 (no attention), 1x1 heads on the last and 1/4 levels."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, proj_dim: int = 64) -> None:
-        super().__init__(in_channels)
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, proj_dim: int = 64,
+                 dropout: float = 0.0) -> None:
+        super().__init__(in_channels, encoder_dropout(dropout))
         c1, c2, c3, c4, c5 = ENCODER_CHANNELS
         self.up1 = Up(c5, c4, c4)
         self.up2 = Up(c4, c3, c3)

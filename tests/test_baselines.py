@@ -101,6 +101,23 @@ def test_ua_mt_consistency_counts_only_the_certain_pixels():
     assert len(stage.teacher.seen) == 1 + 4  # the teacher's prediction plus the uncertainty passes
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_ua_mt_teacher_passes_are_stochastic_through_the_encoder_dropout(dropout):
+    stage = stage_with_teacher(UAMTStage, None, noise_std=0.0, seed=5)  # no input noise at all
+    stage.dropout, stage.passes, stage.step, stage.total_steps = dropout, 3, 0, 10
+    torch.manual_seed(0)
+    student = SegmentationNet(dropout=dropout).eval()  # the student is validated in eval mode
+    stage.teacher = stage.teacher_like(student)
+    assert stage.teacher.training and not student.training
+    predictions = []
+    stage.teacher.register_forward_hook(lambda module, args, out: predictions.append(out["out"]))
+    u = torch.rand(1, 1, 16, 32, generator=gen(2))
+    stage.consistency(torch.full((1, 2, 16, 32), 0.5), u)
+    assert len(predictions) == 1 + 3
+    varies = any(not torch.equal(predictions[0], p) for p in predictions[1:])
+    assert varies == (dropout > 0)
+
+
 def test_teacher_noise_is_clamped_gaussian():
     x = torch.zeros(1, 1, 200, 200)
     noise = aug.clamped_noise(x, gen(3), std=0.1, clip=0.2)

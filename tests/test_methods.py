@@ -21,7 +21,8 @@ from dataloaders.splits import make_folds
 from utils.stages.registration import RegistrationStage
 from utils.stages.registration import build_parser as registration_parser
 from utils.errors import InputError
-from utils.stages.segmentation_methods import METHODS, build_parser, build_stage, check_args, method_options
+from utils.stages.segmentation_methods import (METHODS, build_parser, build_stage, check_args, method_of,
+                                                method_options)
 from utils.training.checkpoints import load_checkpoint
 from utils.training.fold_runner import train_folds
 
@@ -105,8 +106,11 @@ def test_a_negative_ramp_is_a_one_line_error(flag):
         check_args(build_parser().parse_args(["--data-dir", "x", *flag.split()]))
 
 
+AUGMENTED = ("--augment", "flip-rotate", "--dropout", "0.3")
+
+
 @pytest.mark.parametrize("method, extra", [(m, ()) for m in sorted(METHODS)]
-                         + [("mean-teacher", ("--batch-size", "2"))])
+                         + [("mean-teacher", ("--batch-size", "2")), ("ss-mgs", AUGMENTED), ("ua-mt", AUGMENTED)])
 def test_resume_after_an_interruption_continues_exactly(tiny, method, extra, monkeypatch):
     data, runs = tiny
     folder = DatasetFolder(data)
@@ -117,7 +121,7 @@ def test_resume_after_an_interruption_continues_exactly(tiny, method, extra, mon
     monkeypatch.setattr(dataset_module, "read_label",
                         lambda path, size=None: opened.append(Path(path).stem) or original(path, size))
 
-    name = method + "".join(extra).replace("--", "_")
+    name = "_".join([method, *(word.lstrip("-") for word in extra)])
     train_folds(method_args(data, runs, method, f"{name}_straight", *extra), CPU, build_stage)
     with pytest.raises(KeyboardInterrupt):  # killed in the middle of epoch 2 (after steps 1, 2 and 3)
         train_folds(method_args(data, runs, method, f"{name}_resumed", *extra), CPU, interrupted_at(4))
@@ -145,6 +149,18 @@ def test_method_specific_state_is_checkpointed(tiny):
     for method, keys in expected.items():
         state = load_checkpoint(runs / f"{method}_straight" / "fold1" / "last.pth")
         assert keys <= set(state), f"{method} does not checkpoint {sorted(keys - set(state))}"
+        assert "augment_rng" not in state and state["args"]["augment"] == "none" and state["args"]["dropout"] == 0
+    for method in ("ss-mgs", "ua-mt"):
+        state = load_checkpoint(runs / "_".join([method, *(w.lstrip("-") for w in AUGMENTED), "straight"])
+                                / "fold1" / "last.pth")
+        assert "augment_rng" in state and (state["args"]["augment"], state["args"]["dropout"]) == ("flip-rotate", 0.3)
+
+
+def test_method_of_names_the_setting_a_comparison_must_share():
+    assert method_of({"method": "ss-mgs", "no_rnsf": True, "augment": "flip-rotate", "dropout": 0.5}) == \
+        "ss-mgs --no-rnsf (augment flip-rotate, dropout 0.5)"
+    assert method_of({"method": "supervised", "target": "eyelid"}) == \
+        "supervised, target eyelid (augment none, dropout 0)"  # a checkpoint from before the two flags
 
 
 def test_bcp_pretrains_half_the_run_and_selects_among_self_training_epochs_only(tiny):
@@ -194,3 +210,18 @@ def test_test_script_compares_every_method_with_the_first(tiny):
         assert float(row["ci_low"]) <= float(row["mean_difference"]) <= float(row["ci_high"])
         assert 0.0 <= float(row["wilcoxon_p"]) <= 1.0
     assert "Paired differences against supervised_straight" in result.stdout
+    assert "ua-mt_straight fold 1: ua-mt (augment none, dropout 0)" in result.stdout
+    assert "trained with different settings" not in result.stdout
+
+
+def test_test_script_warns_when_the_compared_models_differ_in_augmentation_or_dropout(tiny):
+    data, runs = tiny
+    augmented = "_".join(["ua-mt", *(w.lstrip("-") for w in AUGMENTED), "straight"])
+    result = subprocess.run([sys.executable, "5fold_Test_Reg_or_Seg.py", "--mode", "seg", "--data-dir", str(data),
+                             "--fold", "1", "--runs-dir", str(runs), "--device", "cpu", "--no-progress",
+                             "--exp", "ua-mt_straight", augmented], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{augmented} fold 1: ua-mt (augment flip-rotate, dropout 0.3)" in result.stdout
+    assert ("trained with different settings (ua-mt_straight: augment none, dropout 0; "
+            f"{augmented}: augment flip-rotate, dropout 0.3)") in result.stdout

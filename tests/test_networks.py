@@ -12,7 +12,7 @@ import networks.blocks as blocks
 from networks.blocks import (ConvBlock, Down, PositionAttention, SqueezeExcitation, Up, attention,
                              attention_reference)
 from networks.registration_net import RegistrationNet, symmetric_padding
-from networks.segmentation_net import SegmentationNet, quarter_size
+from networks.segmentation_net import SegmentationNet, encoder_dropout, quarter_size
 
 
 def _randn(*shape, seed=0, scale=1.0):
@@ -400,3 +400,49 @@ def test_segmentation_net_gradients_reach_every_parameter():
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, name
+
+
+def test_encoder_dropout_is_ssl4mis_profile_scaled_to_the_deepest_block():
+    assert encoder_dropout(0.5) == pytest.approx((0.05, 0.1, 0.2, 0.3, 0.5))  # SSL4MIS's UNet encoder
+    assert encoder_dropout(0.3) == pytest.approx((0.03, 0.06, 0.12, 0.18, 0.3))
+    assert encoder_dropout(0.0) == (0.0,) * 5
+    with pytest.raises(ValueError):
+        encoder_dropout(1.0)
+
+
+def test_segmentation_net_dropout_in_the_encoder_only_and_none_at_zero():
+    torch.manual_seed(3)
+    plain = SegmentationNet()
+    torch.manual_seed(3)
+    dropping = SegmentationNet(dropout=0.5)
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+    probabilities = [(name, m.p) for name, m in dropping.named_modules() if isinstance(m, nn.Dropout)]
+    assert probabilities == [("inc.dropout", 0.05), ("down1.conv.dropout", 0.1), ("down2.conv.dropout", 0.2),
+                             ("down3.conv.dropout", pytest.approx(0.3)), ("down4.conv.dropout", 0.5)]
+    # the same parameters and seeded initialisation, so checkpoints load either way
+    assert plain.state_dict().keys() == dropping.state_dict().keys()
+    assert all(torch.equal(v, dropping.state_dict()[k]) for k, v in plain.state_dict().items())
+    x = torch.rand(2, 1, 32, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain.eval(), dropping.eval()
+        torch.testing.assert_close(dropping(x)["out"], plain(x)["out"], rtol=0, atol=0)  # eval: no dropout
+        plain.train(), dropping.train()
+        assert torch.equal(plain(x)["out"], plain(x)["out"])
+        assert not torch.equal(dropping(x)["out"], dropping(x)["out"])  # training: stochastic
+
+
+def test_conv_block_dropout_sits_between_the_two_convolutions():
+    torch.manual_seed(0)
+    block = ConvBlock(3, 8, dropout=0.5).train()
+    x = torch.rand(1, 3, 6, 6)
+    torch.manual_seed(11)
+    out = block(x)
+    torch.manual_seed(11)
+    middle = torch.nn.functional.dropout(block.block[:3](x), 0.5, training=True)
+    torch.testing.assert_close(out, block.block[3:](middle))
+    # two parts (the decoder's skip and up-sampled input) take the same path as their concatenation
+    parts = (torch.rand(1, 1, 6, 6), torch.rand(1, 2, 6, 6))
+    torch.manual_seed(11)
+    split = block(*parts)
+    torch.manual_seed(11)
+    torch.testing.assert_close(split, block(torch.cat(parts, dim=1)), atol=1e-6, rtol=1e-5)

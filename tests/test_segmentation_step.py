@@ -98,3 +98,38 @@ def test_total_and_split_order_match_an_independent_computation(use_rsgm, use_rn
     for name, outputs in extra["outputs"].items():
         for key, value in outputs.items():
             torch.testing.assert_close(value, own[name][key], rtol=1e-5, atol=1e-6)
+
+
+def test_augmentation_comes_after_the_rsgm_generation_in_three_groups():
+    """The cached registration outputs are aligned with the stored images, so RSGM generates from
+    the un-augmented x_l; then x_l with y_l, g1 with g2 and y_g (one transform), and u_neg."""
+    net = TinyNet()
+    batch = _batch(3)
+    g = torch.Generator().manual_seed(4)
+    w = torch.rand(1, 1, H, W, generator=g)
+    phi = 3.0 * (torch.rand(1, 2, H, W, generator=g) - 0.5)
+    groups = []
+
+    def flipping(images, labels=()):
+        groups.append(([i.clone() for i in images], [lab.clone() for lab in labels]))
+        return [i.flip(-1) for i in images], [lab.flip(-1) for lab in labels]
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    _, extra = segmentation_step(net, optimizer, scaler, batch, FixedRegistration(w, phi),
+                                 SegmentationConfig(negatives=5), 0.5, torch.Generator().manual_seed(9), CPU,
+                                 augment=flipping)
+    alpha, beta = sample_coefficients(1, "uniform", torch.Generator().manual_seed(9), CPU)
+    spa = alpha * phi
+    x_l, y_l = batch["x_l"], batch["y_l"]
+    expected = [([x_l], [y_l]),
+                ([warp(x_l, spa), warp((1 - beta) * x_l + beta * w, spa)], [warp_label(y_l, spa)]),
+                ([batch["u_neg"]], [])]
+    assert [(len(i), len(lab)) for i, lab in groups] == [(1, 1), (2, 1), (1, 0)]
+    for (images, labels), (want_images, want_labels) in zip(groups, expected):
+        for got, want in zip(images + labels, want_images + want_labels):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    images = extra["images"]  # what the network saw: the augmented tensors
+    for name, (group, index) in {"x_l": (0, 0), "g1": (1, 0), "g2": (1, 1), "u_neg": (2, 0)}.items():
+        torch.testing.assert_close(images[name], groups[group][0][index].flip(-1))
+    torch.testing.assert_close(images["y_g"], groups[1][1][0].flip(-1))

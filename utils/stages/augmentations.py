@@ -1,16 +1,32 @@
-"""Random image operations of the semi-supervised baselines, drawn from one ``torch.Generator``.
+"""Random image operations of the training methods, drawn from one ``torch.Generator``.
 
-Images are ``[B, 1, H, W]`` float in [0, 1]. Every random draw comes from the
-generator passed in (a CPU generator that the stage checkpoints), so a seeded run
-repeats exactly and ``--resume`` continues the same stream. Box masks are float
-``[B, 1, H, W]`` with 1 inside the box unless said otherwise.
+Images are ``[B, 1, H, W]`` float in [0, 1], labels one-hot ``[B, C, H, W]``. Every
+random draw comes from the generator passed in (a CPU generator that the stage
+checkpoints), so a seeded run repeats exactly and ``--resume`` continues the same
+stream. Box masks are float ``[B, 1, H, W]`` with 1 inside the box unless said otherwise.
+
+:func:`flip_rotate` is ``--augment flip-rotate``, the geometric augmentation every method
+may use (docs/METHOD.md section 6); the rest are the baselines' own views.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from networks.spatial_transformer import field_from_affine, warp, warp_label
+
+#: ``--augment flip-rotate``: probability of the left-right flip and of the rotation, and the
+#: largest rotation in degrees (see :func:`flip_rotate` for why these transforms).
+FLIP_PROBABILITY = 0.5
+ROTATION_PROBABILITY = 0.5
+MAX_ROTATION_DEGREES = 10.0
+
+#: ``augment(images, labels) -> (images, labels)``: one random transform per batch item, shared
+#: by the group (:meth:`utils.stages.segmentation.SegmentationStage.augment`).
+Augment = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]]
 
 
 def uniform(generator: torch.Generator, low: float, high: float, count: int = 1) -> torch.Tensor:
@@ -101,3 +117,62 @@ def strong_view(image: torch.Tensor, generator: torch.Generator, jitter: float =
     if float(uniform(generator, 0.0, 1.0)) < p_blur:
         out = gaussian_blur(out, float(uniform(generator, *blur_sigma)))
     return out.clamp(0, 1)
+
+
+def no_augmentation(images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] = ()
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``--augment none``: the tensors as they are (an :data:`Augment` that draws nothing)."""
+    return list(images), list(labels)
+
+
+def rotation_field(degrees: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Displacement ``[B, 2, H, W]`` (pixels, row first; for :func:`warp`) that rotates an image
+    about its centre by ``degrees [B]``, positive counter-clockwise as displayed (in pixel
+    units, so a non-square image is rotated, not sheared; 0 gives the zero field)."""
+    theta = torch.deg2rad(degrees.to(torch.float64))
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    # output pixel p samples c + R (p - c): OpenCV's inverse-map matrix of that map
+    matrix = torch.stack([torch.stack([cos, -sin, cx - cos * cx + sin * cy], dim=-1),
+                          torch.stack([sin, cos, cy - sin * cx - cos * cy], dim=-1)], dim=-2)
+    return field_from_affine(matrix, (height, width))
+
+
+def flip_rotate(images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], generator: torch.Generator,
+                max_degrees: float = MAX_ROTATION_DEGREES, p_flip: float = FLIP_PROBABILITY,
+                p_rotate: float = ROTATION_PROBABILITY) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``--augment flip-rotate``: one random transform per batch item, applied alike to every
+    image ``[B, 1, H, W]`` and one-hot label ``[B, C, H, W]`` given (all of one size and batch).
+
+    Per item, ``3`` draws in all: with probability ``p_flip`` a left-right flip, then with
+    probability ``p_rotate`` a rotation about the centre by ``U(-max_degrees, max_degrees)``
+    degrees. Images are sampled bilinearly (0 outside the image), labels by nearest class
+    (background outside), so labels stay one-hot; an item that is not rotated is not
+    resampled. Why these: SSL4MIS's ``RandomGenerator`` (used by its Mean Teacher, UA-MT and
+    CPS scripts and by BCP) draws, with p 0.5, one of four 90-degree turns plus a flip along a
+    random axis, else with p 0.5 a rotation by an integer angle in [-20, 20). An everted
+    upper lid is always photographed with its margin along the image's long side, and a
+    left and a right eye are mirror images: a left-right flip gives a plausible image, a
+    turn by 90 degrees (a lid standing upright, in a frame of the other aspect) or an
+    upside-down flip never occurs, and the tilt between two captures is a few degrees,
+    hence 10 at most.
+    """
+    tensors = [*images, *labels]
+    batch, (height, width) = tensors[0].shape[0], tensors[0].shape[-2:]
+    flips = uniform(generator, 0.0, 1.0, batch) < p_flip
+    rotations = uniform(generator, 0.0, 1.0, batch) < p_rotate
+    degrees = uniform(generator, -max_degrees, max_degrees, batch) * rotations
+    device = tensors[0].device
+    flip = flips.to(device).view(-1, 1, 1, 1)
+    rotate = rotations.to(device).view(-1, 1, 1, 1)
+    field = rotation_field(degrees, height, width).to(device) if bool(rotations.any()) else None
+
+    def transform(tensor: torch.Tensor, resample) -> torch.Tensor:
+        if tensor.shape[0] != batch or tuple(tensor.shape[-2:]) != (height, width):
+            raise ValueError(f"flip_rotate: every tensor must be [{batch}, C, {height}, {width}], "
+                             f"got {tuple(tensor.shape)}")
+        out = torch.where(flip, tensor.flip(-1), tensor)
+        return out if field is None else torch.where(rotate, resample(out, field.to(out.dtype)), out)
+
+    return ([transform(image, warp) for image in images],
+            [transform(label, warp_label).to(label.dtype) for label in labels])

@@ -157,12 +157,12 @@ class BCPStage(SemiSupervisedStage):
         return 1.0 - box_mask(height, width, box, like.shape[0], like.device)
 
     def train_step(self, batch: dict, check: FiniteCheck) -> tuple[dict[str, float], dict]:
-        x_l, y_l, x_l2, y_l2 = self.to_device(batch, "x_l", "y_l", "x_l2", "y_l2")
+        x_l, y_l, x_l2, y_l2 = self.training_inputs(batch, "x_l", "y_l", "x_l2", "y_l2")
         keep = self.outside_mask(x_l)
         if self.pretraining:
             pairs = [(x_l, y_l, 1.0, x_l2, y_l2, 1.0)]
         else:
-            u_a, u_b = self.to_device(batch, "u_a", "u_b")
+            u_a, u_b = self.training_inputs(batch, "u_a", "u_b")
             with torch.no_grad(), self.autocast():
                 pseudo = one_hot(class_index(self.teacher(torch.cat([u_a, u_b]))["out"].float()))
             pseudo_a, pseudo_b = pseudo.split(u_a.shape[0])

@@ -56,7 +56,7 @@ class CPSStage(SemiSupervisedStage):
 
     def __init__(self, args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> None:
         super().__init__(args, k, data, device)
-        self.net2 = xavier_initialised(SegmentationNet()).to(device)
+        self.net2 = xavier_initialised(self.segmenter()).to(device)
         self.optimizer2, self.scheduler2 = self.make_optimizer(self.net2.parameters(), args)
         self.weight = args.cps_weight
 
@@ -68,7 +68,7 @@ class CPSStage(SemiSupervisedStage):
         self.scheduler2.step()
 
     def train_step(self, batch: dict, check: FiniteCheck) -> tuple[dict[str, float], dict]:
-        x_l, y_l, u = self.to_device(batch, "x_l", "y_l", "u_a")
+        x_l, y_l, u = self.training_inputs(batch, "x_l", "y_l", "u_a")
         groups = {"x_l": x_l, "u": u}
         with self.autocast():
             out1 = split_outputs(self.net(torch.cat([x_l, u])), groups)

@@ -8,7 +8,9 @@ mean squared difference of the two softmax maps, weight ``0.1 sigmoid_rampup(ste
 total steps)`` (1 at the end of the run); Mean Teacher's consistency is 0 for the
 first 1/30 of the run. UA-MT masks it where the teacher is uncertain: 8 noisy
 teacher passes, entropy of their mean softmax below ``(0.75 + 0.25
-sigmoid_rampup(step, total)) ln 2``, ``sum(mask d) / (2 sum(mask) + 1e-16)``.
+sigmoid_rampup(step, total)) ln 2``, ``sum(mask d) / (2 sum(mask) + 1e-16)``. The
+teacher predicts in training mode, as SSL4MIS's does, so with ``--dropout`` its passes
+also differ by the encoder dropout, not by the input noise alone.
 
 Port notes: the supervised loss is ``L_seg`` (as for every method here, not
 SSL4MIS's ``(CE + Dice) / 2``); the ramp runs per step over the whole run (SSL4MIS
@@ -89,7 +91,7 @@ class MeanTeacherStage(SemiSupervisedStage):
         return torch.mean((student_probs - teacher_probs) ** 2), {"teacher": teacher_probs}
 
     def train_step(self, batch: dict, check: FiniteCheck) -> tuple[dict[str, float], dict]:
-        x_l, y_l, u = self.to_device(batch, "x_l", "y_l", "u_a")
+        x_l, y_l, u = self.training_inputs(batch, "x_l", "y_l", "u_a")
         groups = {"x_l": x_l, "u": u}
         with self.autocast():
             out = split_outputs(self.net(torch.cat([x_l, u])), groups)

@@ -6,12 +6,18 @@ from :class:`SegmentationStage` and adds only its own networks, its training ste
 its per-epoch scalars and its panel. Everything a method must keep fixed for a fair
 comparison lives here: the backbone (:class:`networks.segmentation_net.SegmentationNet`),
 the fold's Atlas images as the only labels, AdamW with a cosine schedule stepped
-per epoch, validation on the val images and selection on their mean IoU.
+per epoch, validation on the val images and selection on their mean IoU, and the two
+settings a comparison must share: ``--augment`` (geometric augmentation of every
+training image, from the checkpointed ``augment_rng``) and ``--dropout`` (the
+segmenter's encoder dropout). A method gets both by building its networks with
+:meth:`SegmentationStage.segmenter` and taking its inputs from
+:meth:`SegmentationStage.training_inputs` (or :meth:`SegmentationStage.augment` where it
+makes images itself, as SS-MGS does).
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -23,11 +29,18 @@ from utils.errors import InputError
 from utils.evaluation.loops import evaluate_segmentation
 from utils.evaluation.metrics import summarise
 from utils.onehot import class_index
+from utils.stages.augmentations import MAX_ROTATION_DEGREES, flip_rotate, no_augmentation
 from utils.training.engine import Stage, Validation
-from utils.training.runtime import use_amp
+from utils.training.runtime import make_generator, use_amp
 from utils.evaluation.visualise import image_grid_panel
 
 VAL_KEYS = ("iou", "dice", "recall", "accuracy", "hd95")
+AUGMENTATIONS = ("none", "flip-rotate")
+#: The label that travels with each labelled image of a training batch (:meth:`SegmentationStage.training_inputs`).
+LABEL_OF = {"x_l": "y_l", "x_l2": "y_l2"}
+#: Added to ``seed + fold`` for ``augment_rng``, so that its stream is not that of the
+#: methods' own generators (seeded ``seed + fold``).
+AUGMENT_SEED_OFFSET = 104_729
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta-min", type=float, default=1e-4, help="cosine schedule floor lr (default: 1e-4)")
     parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                         help="mixed precision: auto = on with CUDA only (default: auto)")
+    parser.add_argument("--augment", default="none", choices=AUGMENTATIONS,
+                        help="geometric augmentation of every training image, the same for every method: "
+                             "none (the paper) or flip-rotate: per image a left-right flip with p 0.5 and a "
+                             f"rotation by up to {MAX_ROTATION_DEGREES:g} degrees with p 0.5, a label with its "
+                             "image, before a method's own views (no 90-degree turns: a lid never stands "
+                             "upright). Compare methods at one setting (default: none)")
+    parser.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                        help="dropout in the segmenter's encoder, the same for every method: P in the deepest "
+                             "block, SSL4MIS's profile 0.05-0.1-0.2-0.3-0.5 scaled to it in the others (0.5 is "
+                             "SSL4MIS's); teachers predict with it (UA-MT's passes become stochastic). Compare "
+                             "methods at one setting (default: 0)")
     parser.add_argument("--target", default="gland", choices=TARGETS,
                         help="what to segment: gland (Label/ masks, Atlas images only, default) or eyelid "
                              "(Eyelid/ masks of every training image that has one; supervised only)")
@@ -93,6 +117,8 @@ class SegmentationStage(Stage):
     def __init__(self, args: argparse.Namespace, k: int, data: FoldData, device: torch.device) -> None:
         self.device, self.fold, self.progress = device, k, not args.no_progress
         self.amp = use_amp(args.amp, device)
+        self.augmentation, self.dropout = args.augment, args.dropout
+        self.augment_rng = make_generator(args.seed + k + AUGMENT_SEED_OFFSET)
         self.target = args.target
         if self.target == "gland":
             self.train_set = SegmentationTrainSet(data.folder, data.fold.train, data.prealign,
@@ -106,7 +132,7 @@ class SegmentationStage(Stage):
             raise InputError(f"fold {k}: no val image has a {self.target} mask, so nothing can be validated; "
                              f"add {self.target.capitalize()}/ masks for the val patients")
         self.build_before_network(args, k, data)
-        self.net = SegmentationNet().to(device)
+        self.net = self.segmenter().to(device)
         self.optimizer, self.scheduler = self.make_optimizer(self.net.parameters(), args)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
 
@@ -121,9 +147,46 @@ class SegmentationStage(Stage):
     def build_before_network(self, args: argparse.Namespace, k: int, data: FoldData) -> None:
         """What a method needs before the segmenter exists (nothing by default)."""
 
+    def segmenter(self) -> SegmentationNet:
+        """A new segmenter with this run's ``--dropout``, on the CPU (a seeded run initialises
+        it alike on any device); every network a method trains or follows is one."""
+        return SegmentationNet(dropout=self.dropout)
+
+    def augment(self, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] = ()
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``--augment`` on one group of tensors: one random transform per batch item, shared by
+        every image ``[B, 1, H, W]`` and one-hot label ``[B, C, H, W]`` of the group (an image and
+        its label; SS-MGS's g1, g2 and y_g), drawn from ``augment_rng``. With ``--augment none``
+        the tensors come back as they are and nothing is drawn."""
+        if self.augmentation == "none":
+            return no_augmentation(images, labels)
+        return flip_rotate(images, labels, self.augment_rng)
+
+    def training_inputs(self, batch: dict, *names: str) -> list[torch.Tensor]:
+        """``batch[name]`` for each of ``names``, on the device and augmented (:meth:`augment`):
+        every image with a transform of its own, a labelled image (``x_l``, ``x_l2``) with its
+        label (``y_l``, ``y_l2``, named with it). A method takes its inputs from here and makes
+        its own views (noise, strong views, mixes) of what this returns."""
+        tensors = {name: batch[name].to(self.device) for name in names}
+        labels = {LABEL_OF[name] for name in names if name in LABEL_OF}
+        orphans = [name for name in names if name in LABEL_OF.values() and name not in labels]
+        if orphans:
+            raise ValueError(f"training_inputs: {orphans} must be named with their images")
+        for name in names:
+            if name in labels:
+                continue
+            label = [LABEL_OF[name]] if LABEL_OF.get(name) in tensors else []
+            (tensors[name],), augmented = self.augment([tensors[name]], [tensors[n] for n in label])
+            tensors.update(zip(label, augmented))
+        return [tensors[name] for name in names]
+
     def state(self) -> dict[str, Any]:
-        return {"model": self.net, "optimizer": self.optimizer, "scheduler": self.scheduler,
-                "scaler": self.scaler}
+        """The segmenter, its optimizer, schedule and scaler; ``augment_rng`` when augmenting."""
+        state = {"model": self.net, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                 "scaler": self.scaler}
+        if self.augmentation != "none":
+            state["augment_rng"] = self.augment_rng
+        return state
 
     def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]

@@ -108,8 +108,10 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    if not 0.0 <= args.unimatch_dropout < 1.0:
-        raise InputError(f"--unimatch-dropout must be in [0, 1), got {args.unimatch_dropout}")
+    for name in ("unimatch_dropout", "dropout"):
+        value = getattr(args, name)
+        if not 0.0 <= value < 1.0:
+            raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
     check_method_options(args, build_parser())
 
 
@@ -129,10 +131,17 @@ def build_stage(args: argparse.Namespace, k: int, data: FoldData, device: torch.
     return METHODS[args.method].build(args, k, data, device)
 
 
+def training_setting(saved_args: Mapping[str, Any]) -> str:
+    """The settings every method of a comparison must share, from a checkpoint's saved ``args``:
+    ``"augment A, dropout P"`` (checkpoints from before these flags: ``none``, ``0``)."""
+    return f"augment {saved_args.get('augment') or 'none'}, dropout {float(saved_args.get('dropout') or 0.0):g}"
+
+
 def method_of(saved_args: Mapping[str, Any]) -> str:
     """How a segmentation checkpoint was trained, from its saved ``args``, for the test report:
-    the method and what changes it (e.g. ``"ss-mgs"``, ``"ss-mgs --no-rnsf"``, ``"supervised,
-    target eyelid"``). A method this version does not know is named as saved."""
+    the method, what changes it and :func:`training_setting` (e.g. ``"ss-mgs (augment none,
+    dropout 0)"``, ``"ss-mgs --no-rnsf (...)"``, ``"supervised, target eyelid (...)"``). A method
+    this version does not know is named as saved."""
     method = saved_args.get("method") or "ss-mgs"
     words = [method if method in METHODS else f"{method} (unknown to this version)"]
     if method == "ss-mgs":
@@ -140,4 +149,4 @@ def method_of(saved_args: Mapping[str, Any]) -> str:
     text = " ".join(words)
     if saved_args.get("target", "gland") != "gland":
         text += f", target {saved_args['target']}"
-    return text
+    return f"{text} ({training_setting(saved_args)})"

@@ -45,12 +45,12 @@ class SemiSupervisedStage(SegmentationStage):
         return ramp_up(self.step, self.total_steps)
 
     def teacher_like(self, student: SegmentationNet) -> SegmentationNet:
-        """A copy of ``student`` that takes no gradients (an EMA teacher)."""
-        teacher = SegmentationNet().to(self.device)
+        """A copy of ``student`` that takes no gradients (an EMA teacher). It stays in training
+        mode, as SSL4MIS's and BCP's EMA models do: with ``--dropout`` its predictions are
+        stochastic (what makes UA-MT's passes differ); the student is still validated in
+        eval mode."""
+        teacher = self.segmenter().to(self.device)
         teacher.load_state_dict(student.state_dict())
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
-        return teacher
-
-    def to_device(self, batch: dict, *names: str) -> list[torch.Tensor]:
-        return [batch[name].to(self.device) for name in names]
+        return teacher.train()

@@ -5,7 +5,8 @@ the fold's frozen registration net; one forward pass over ``[x_l, g1, g2, u_neg]
 ``L_seg + L_rs + rnsf_weight * ramp(epoch) * L_rnsf``, the ramp spanning ``--ramp-fraction``
 of the run (or ``--ramp-length`` epochs), epochs counted from 1. ``--no-rsgm`` / ``--no-rnsf``
 drop a term (the ablations); with both, no registration net is loaded and the
-stage trains the supervised-only baseline on the Atlas images.
+stage trains the supervised-only baseline on the Atlas images. ``--augment`` transforms
+the step's images after the RSGM generation (:func:`segmentation_step`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from networks.registration_net import RegistrationNet
 from networks.rnsf import rnsf_loss
 from networks.rsgm import rsgm_generate, sample_coefficients
 from networks.weights import freeze
+from utils.stages.augmentations import Augment, no_augmentation
 from utils.stages.registration import load_registration_network
 from utils.training.checkpoints import find_best_checkpoint, run_dir_for
 from utils.training.engine import FiniteCheck
@@ -86,25 +88,34 @@ class SegmentationConfig:
 def segmentation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                       batch: dict, cache, config: SegmentationConfig, ramp: float,
                       generator: torch.Generator, device: torch.device, amp: bool = False,
-                      check: FiniteCheck = lambda terms: None) -> tuple[dict[str, float], dict]:
+                      check: FiniteCheck = lambda terms: None,
+                      augment: Augment = no_augmentation) -> tuple[dict[str, float], dict]:
     """One SS-MGS iteration on a :class:`dataloaders.segmentation_data.SegmentationTrainSet` batch.
 
     ``cache``: anything with ``get(atlas_names, u1_names, u2_names, device) -> (w_u1,
     phi_u2)`` (:class:`RegistrationOutputCache`; unused when both RSGM and RNSF are off).
+    ``augment`` (``--augment``) acts after the RSGM generation, whose cached registration
+    outputs are aligned with the images as stored: on ``x_l`` with ``y_l``, on ``g1``, ``g2``
+    and ``y_g`` with one transform (they stay pixel-aligned, as RNSF's positive pairs need),
+    and on ``u_neg``, in that order.
     Returns the loss terms (``seg``, ``rs_g1``, ``rs_g2``, ``rs``, ``rnsf``, ``total``, as
     applicable) and ``{"images", "outputs"}`` of the step (outputs split per input group).
     """
     x_l, y_l = batch["x_l"].to(device), batch["y_l"].to(device)
-    groups = {"x_l": x_l}
-    images = {"x_l": x_l}
     if config.uses_registration:
         w_u1, phi_u2 = cache.get(batch["atlas_name"], batch["u1_name"], batch["u2_name"], device)
         alpha, beta = sample_coefficients(x_l.shape[0], config.coefficients, generator, device)
         g1, g2, y_g = rsgm_generate(x_l, y_l, w_u1, phi_u2, alpha, beta)
+    (x_l,), (y_l,) = augment([x_l], [y_l])
+    groups = {"x_l": x_l}
+    images = {"x_l": x_l}
+    if config.uses_registration:
+        (g1, g2), (y_g,) = augment([g1, g2], [y_g])
         groups.update(g1=g1, g2=g2)
         images.update(g1=g1, g2=g2, y_g=y_g)
     if config.use_rnsf:
-        groups["u_neg"] = images["u_neg"] = batch["u_neg"].to(device)
+        (u_neg,), _ = augment([batch["u_neg"].to(device)])
+        groups["u_neg"] = images["u_neg"] = u_neg
     with torch.autocast(device_type=device.type, enabled=amp):
         outputs = net(torch.cat(list(groups.values())))
     out = split_outputs(outputs, groups)
@@ -164,7 +175,7 @@ class SSMGSStage(SegmentationStage):
 
     def train_step(self, batch: dict, check: FiniteCheck) -> tuple[dict[str, float], dict]:
         return segmentation_step(self.net, self.optimizer, self.scaler, batch, self.cache, self.config, self.ramp,
-                                 self.coefficient_rng, self.device, self.amp, check)
+                                 self.coefficient_rng, self.device, self.amp, check, self.augment)
 
     def epoch_scalars(self, epoch: int) -> dict[str, float]:
         return {"rnsf_ramp_weight": self.rnsf_weight * self.ramp}

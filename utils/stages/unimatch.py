@@ -13,7 +13,8 @@ the two strong views and the perturbed weak view. Total
 ``(L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2``.
 
 Port notes: ``L_x`` is ``L_seg`` (the supervised loss of every method here); the
-weak view has no geometric augmentation (no method here uses one); the Dice is the
+weak view is the image as ``--augment`` left it (the original's weak view is a random
+rotation and flip; here no method augments by default); the Dice is the
 project's soft Dice restricted to the confident pixels; the model is selected on
 val only (the original selects on val + test together).
 """
@@ -83,7 +84,7 @@ class UniMatchStage(SemiSupervisedStage):
         return views, boxes
 
     def train_step(self, batch: dict, check: FiniteCheck) -> tuple[dict[str, float], dict]:
-        x_l, y_l, u, partner = self.to_device(batch, "x_l", "y_l", "u_a", "u_b")
+        x_l, y_l, u, partner = self.training_inputs(batch, "x_l", "y_l", "u_a", "u_b")
         views, boxes = self.strong_views(u, partner)
         self.net.eval()
         with torch.no_grad(), self.autocast():
