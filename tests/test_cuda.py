@@ -21,6 +21,7 @@ from utils.onehot import one_hot
 from networks.rnsf import rnsf_loss
 from tests.rnsf_reference import rnsf_loss_reference
 from utils.stages.registration import RegistrationWeights, registration_step
+from utils.stages.augmentations import flip_rotate
 from utils.stages.ss_mgs import SegmentationConfig, segmentation_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -184,3 +185,35 @@ def test_segmentation_step_on_cuda_learns_with_and_without_amp(amp):
     expected_dtype = torch.float16 if amp else torch.float32
     assert step["outputs"]["x_l"]["out"].dtype == expected_dtype
     assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_flip_rotate_on_cuda_matches_cpu():
+    images = _smooth(4, 1, 32, 48, seed=20)
+    labels = one_hot((_smooth(4, 1, 32, 48, seed=21)[:, 0] > 0.5).long(), 2).float()
+    (cpu_image,), (cpu_label,) = flip_rotate([images], [labels], torch.Generator().manual_seed(3))
+    (gpu_image,), (gpu_label,) = flip_rotate([images.to(CUDA)], [labels.to(CUDA)], torch.Generator().manual_seed(3))
+    assert gpu_image.device.type == "cuda" and gpu_label.device.type == "cuda"
+    torch.testing.assert_close(gpu_image.cpu(), cpu_image, atol=1e-5, rtol=1e-4)
+    assert float((gpu_label.cpu() != cpu_label).float().mean()) < 0.005  # nearest-sampling ties may differ
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_augmented_segmentation_step_with_encoder_dropout_on_cuda(amp):
+    torch.manual_seed(0)
+    h, w = 64, 128
+    gland = (_smooth(2, 1, h, w, seed=11)[:, 0] > 0.55).long()
+    batch = {"x_l": _smooth(2, 1, h, w, seed=10), "y_l": one_hot(gland, 2).float(),
+             "u_neg": _smooth(2, 1, h, w, seed=12), "atlas_name": ["A", "A"], "u1_name": ["B", "B"],
+             "u2_name": ["C", "C"]}
+    cache = FixedOutputs(_smooth(2, 1, h, w, seed=13), 4 * (_smooth(2, 2, h, w, seed=14) - 0.5))
+    net = SegmentationNet(dropout=0.5).to(CUDA).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-6)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    augment_rng = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        terms, step = segmentation_step(net, optimizer, scaler, batch, cache, SegmentationConfig(negatives=50), 1.0,
+                                        torch.Generator().manual_seed(0), CUDA, amp,
+                                        augment=lambda images, labels=(): flip_rotate(images, labels, augment_rng))
+        assert torch.isfinite(torch.tensor(list(terms.values()))).all()
+    assert step["images"]["g1"].device.type == "cuda"
+    assert torch.equal(step["images"]["y_g"].sum(1), torch.ones(2, h, w, device=CUDA))  # still one-hot
