@@ -41,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="bcp: fraction of the epochs spent on labelled copy-paste pre-training "
                             "(default: 1/3)")
     group.add_argument("--bcp-box", type=float, default=2 / 3,
-                       help="bcp: side of the pasted box as a fraction of the image side (default: 2/3)")
+                       help="bcp, abd: side of the pasted box as a fraction of the image side (default: 2/3)")
     group.add_argument("--bcp-pseudo-weight", type=float, default=0.5,
-                       help="bcp: weight of the pseudo-labelled region against 1 for ground truth "
+                       help="bcp, abd: weight of the pseudo-labelled region against 1 for ground truth "
                             "(default: 0.5)")
 
 
