@@ -152,6 +152,12 @@ def test_method_specific_state_is_checkpointed(tiny):
         assert keys <= set(state), f"{method} does not checkpoint {sorted(keys - set(state))}"
 
 
+def test_abd_needs_a_self_training_epoch():
+    args = build_parser().parse_args(["--data-dir", "x", "--method", "abd", "--epochs", "2", "--abd-pretrain", "0.8"])
+    with pytest.raises(InputError, match=r"^--abd-pretrain 0.8 of --epochs 2 leaves no self-training epoch"):
+        check_args(args)
+
+
 def first_batch(stage) -> dict:
     return next(iter(make_loader(stage.train_set, 1, 0)))
 
