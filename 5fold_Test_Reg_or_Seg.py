@@ -5,7 +5,8 @@
     python 5fold_Test_Reg_or_Seg.py --mode predict --exp SEG --fold all --input IMG_DIR --output OUT_DIR
 
 seg and reg write RUNS/EXP/test/per_image.csv (per_pair.csv) and summary.csv and
-print a table. seg also compares the clinical measures on predicted and true masks
+print a table (seg: one of the pixel metrics, one of clDice, gland-level detection and
+AJI, utils.evaluation.instance_metrics). seg also compares the clinical measures on predicted and true masks
 (measures.csv, clinical_summary.csv; with --grades, the estimated meiboscore with
 clinicians' grades), and with several --exp every experiment with the first
 (paired differences, bootstrap interval, Wilcoxon p-value) in
@@ -40,8 +41,8 @@ from utils.evaluation.loops import evaluate_registration, evaluate_segmentation
 from utils.evaluation.metrics import HD95_EMPTY_POLICY, masks_from_scores
 from utils.evaluation.prediction import check_targets, load_fold_models, predict_folder
 from utils.evaluation.savers import registration_panel_saver, segmentation_overlay_saver
-from utils.evaluation.summaries import (REG_COLUMNS, REG_METRICS, SEG_COLUMNS, SEG_METRICS, summary_columns,
-                                        summary_rows, table_lines)
+from utils.evaluation.summaries import (REG_COLUMNS, REG_METRICS, SEG_COLUMNS, SEG_METRICS, SEG_PIXEL_METRICS,
+                                        SEG_THIN_METRICS, summary_columns, summary_rows, table_lines)
 from utils.files import write_csv
 from utils.stages.registration import load_registration_network
 from utils.stages.segmentation_methods import method_of, training_setting
@@ -88,10 +89,11 @@ def checkpoint_for(args: argparse.Namespace, exp: str, k: int, trainer: str) -> 
 
 
 def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, csv_name: str,
-                      columns: list[str], metrics: list[str], title: str) -> dict[str, list[dict]]:
+                      columns: list[str], metrics: list[str], tables: list[tuple[str, list[str]]]
+                      ) -> dict[str, list[dict]]:
     """For each ``--exp``: rows of every fold (``score_fold(exp, k, folder, out_dir)``), the
-    per-item CSV, summary.csv, and one line of the printed side-by-side table. Returns
-    the rows by experiment."""
+    per-item CSV, summary.csv, and one line of each printed side-by-side table (``tables``:
+    ``(title, metrics)``). Returns the rows by experiment."""
     folder = DatasetFolder(args.data_dir, resize=args.resize)
     table, scored = [], {}
     for exp in args.exp:
@@ -105,7 +107,8 @@ def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, cs
               + (f"; {empties} image(s) with an empty mask ({HD95_EMPTY_POLICY})" if empties else ""))
         table.append((exp, summary[-1]))
         scored[exp] = rows
-    print("\n".join(table_lines(f"{title}, folds {','.join(map(str, folds))}", table, metrics)))
+    for title, shown in tables:
+        print("\n".join(table_lines(f"{title}, folds {','.join(map(str, folds))}", table, shown)))
     return scored
 
 
@@ -142,11 +145,14 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
             keepers.append(measure_collector(folder, measured.setdefault(exp, ([], [])), args.pixel_size))
         return evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test, target), device, k,
                                      amp=amp, pixel_size=args.pixel_size, progress=not args.no_progress,
-                                     keep_outputs=lambda batch, pred: [keep(batch, pred) for keep in keepers])
+                                     keep_outputs=lambda batch, pred: [keep(batch, pred) for keep in keepers],
+                                     thin_structures=True)
 
     unit = "pixels" if args.pixel_size == 1 else "units of --pixel-size"
-    scored = score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS,
-                               f"Segmentation of test images (mean +- std over images; HD95 in {unit})")
+    tables = [(f"Segmentation of test images (mean +- std over images; HD95 in {unit})", SEG_PIXEL_METRICS),
+              ("Thin structures and glands (mean +- std over images; glands_merged, glands_split: glands per "
+               "image)", SEG_THIN_METRICS)]
+    scored = score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS, tables)
     if len(settings) > 1:
         print("\nwarning: these models were trained with different settings ("
               + "; ".join(f"{exp}: {setting}" for setting, exp in settings.items())
@@ -178,7 +184,7 @@ def test_registration(args: argparse.Namespace, folds: list[int], device: torch.
                                      device, k, progress=not args.no_progress, keep_outputs=save)
 
     score_experiments(args, folds, score_fold, "per_pair.csv", REG_COLUMNS, REG_METRICS,
-                      "Registration of ordered test pairs (mean +- std over pairs)")
+                      [("Registration of ordered test pairs (mean +- std over pairs)", REG_METRICS)])
 
 
 def predict(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:

@@ -1,4 +1,5 @@
-"""Benchmark of utils/gland_measures.py: all measures of one synthetic gland + eyelid mask pair.
+"""Benchmark of utils/gland_measures.py: all measures of one synthetic gland + eyelid mask pair, and the
+test script's per-image metrics for thin, many-component structures.
 
     python benchmarks/bench_gland_measures.py [--height 640] [--width 1280] [--glands 30]
                                               [--repeats 20] [--seed 0]
@@ -6,7 +7,9 @@
 The pair: a lens-shaped eyelid band across the image and ``--glands`` tapered, tortuous,
 roughly vertical glands in it (some shortened, every fifth pair joined by a short neck).
 Prints the glands drawn and found, and the seconds per call (min / median over the
-repeats, after one warm-up) of ``measure_image`` and of its two main parts.
+repeats, after one warm-up) of ``measure_image``, of its two main parts, and of
+``instance_metrics`` (clDice, gland-level detection, AJI: what the test script adds per
+image) of the gland mask against a copy shifted by two pixels.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.clinical import dropout as dropout_mod  # noqa: E402
 from utils.clinical import glands as glands_mod  # noqa: E402
 from utils.clinical import measures as measures_mod  # noqa: E402
+from utils.evaluation.instance_metrics import instance_metrics  # noqa: E402
 
 
 def lid_band(height: int, width: int) -> tuple[np.ndarray, Callable, Callable]:
@@ -99,7 +103,8 @@ def main() -> None:
           f"dropout {result.dropout:.3f}, meiboscore {result.meiboscore}")
     cases = {"measure_image (all measures)": lambda: measures_mod.measure_image(glands, eyelid),
              "  split_glands": lambda: glands_mod.split_glands(glands),
-             "  dropout": lambda: dropout_mod.dropout(glands, eyelid)}
+             "  dropout": lambda: dropout_mod.dropout(glands, eyelid),
+             "instance_metrics (shifted copy)": lambda: instance_metrics(np.roll(glands, 2, axis=1), glands)}
     print(f"seconds per mask pair (min / median over {args.repeats}):")
     for name, fn in cases.items():
         times = timed(fn, args.repeats)

@@ -13,6 +13,9 @@ from networks.segmentation_net import SegmentationNet
 from networks.weights import ema_decay, ema_update
 from utils.onehot import one_hot
 from utils.stages import augmentations as aug
+from utils.stages.abd import (abd_strong_view, cross_pseudo_dice, displace, labelled_moves, patch_means,
+                              unlabelled_moves)
+from utils.stages.ad_mt import Alternation, ad_mt_decay, fuse_teachers, resolve_conflicts
 from utils.stages.bcp import mix, mixed_loss
 from utils.stages.cps import cross_pseudo_losses, xavier_initialised
 from utils.stages.mean_teacher import MeanTeacherStage, UAMTStage, masked_consistency, uncertainty, uncertainty_threshold
@@ -284,3 +287,171 @@ def test_gaussian_blur_keeps_constants_and_smooths():
     blurred = aug.gaussian_blur(spike, 1.0)
     assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-5) and float(blurred.max()) < 0.2
     assert np.allclose(blurred[0, 0].numpy(), blurred[0, 0].numpy().T, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- ABD
+
+def numbered_patches(grid: int, ph: int, pw: int, offset: float = 0.0) -> torch.Tensor:
+    """``[1, 1, grid ph, grid pw]`` whose patch ``r grid + c`` holds the value ``offset + r grid + c``."""
+    values = torch.arange(grid * grid, dtype=torch.float32).view(grid, grid) + offset
+    return values.repeat_interleave(ph, 0).repeat_interleave(pw, 1)[None, None]
+
+
+def test_abd_patch_means_number_patches_row_by_row_and_ignore_the_remainder():
+    maps = numbered_patches(2, 2, 3)
+    maps = F.pad(maps, (0, 1, 0, 1), value=100.0)  # a remainder row and column, never in a patch
+    assert patch_means(maps, 2).flatten().tolist() == [0.0, 1.0, 2.0, 3.0]
+    two = torch.cat([maps, -maps], 1)
+    assert patch_means(two, 2)[0].tolist() == [[0.0, -0.0], [1.0, -1.0], [2.0, -2.0], [3.0, -3.0]]
+
+
+def test_abd_displacement_moves_one_patch_each_way_from_the_views_as_given():
+    view1, view2 = numbered_patches(3, 2, 2), numbered_patches(3, 2, 2, offset=10.0)
+    out1, out2 = displace(view1, view2, [(4, 8, 0, 4)], grid=3)
+    want1, want2 = list(range(9)), list(range(10, 19))
+    want1[4] = 18   # view 1's patch 4 takes view 2's patch 8
+    want2[0] = 4    # view 2's patch 0 takes view 1's patch 4 as it was, not the displaced one
+    assert patch_means(out1, 3).flatten().tolist() == want1 and patch_means(out2, 3).flatten().tolist() == want2
+    assert torch.equal(view1, numbered_patches(3, 2, 2))  # inputs untouched
+    kept1, kept2 = displace(view1, view2, [None], grid=3)
+    assert torch.equal(kept1, view1) and torch.equal(kept2, view2)
+
+
+def test_abd_unlabelled_rule_least_confident_patch_takes_the_other_views_most_confident():
+    conf1 = torch.tensor([[0.9, 0.2, 0.5, 0.7]])
+    conf2 = torch.tensor([[0.3, 0.8, 0.6, 0.1]])
+    logits = torch.zeros(1, 4, 2)
+    assert unlabelled_moves(conf1, conf2, logits, logits, 2, [False]) == [(1, 1, 3, 0)]
+
+
+def test_abd_unlabelled_kl_rule_takes_the_confident_patch_of_the_closest_class_distribution():
+    conf1 = torch.tensor([[0.9, 0.2, 0.5, 0.8]])   # view 1: least confident 1; top two 0, 3
+    conf2 = torch.tensor([[0.3, 0.95, 0.7, 0.1]])  # view 2: least confident 3; top two 1, 2
+    logits1 = torch.tensor([[[math.log(99), 0.0], [0.0, 0.0], [0.0, 0.0], [math.log(7 / 3), 0.0]]])
+    logits2 = torch.tensor([[[0.0, 0.0], [0.0, 5.0], [0.3, 0.0], [math.log(9), 0.0]]])
+    # view 1's patch 1 is 50/50: of view 2's patches 1 (mostly gland) and 2 (nearly 50/50), 2 is closer.
+    # view 2's patch 3 is p = (0.9, 0.1); of view 1's patches 0, q = (0.99, 0.01), and 3, q = (0.7, 0.3):
+    # KL(p || q) = 0.144 and 0.116, so 3 (the reverse divergence, 0.071 and 0.154, would choose 0)
+    assert unlabelled_moves(conf1, conf2, logits1, logits2, 2, [True]) == [(1, 2, 3, 3)]
+    assert unlabelled_moves(conf1, conf2, logits1, logits2, 2, [False]) == [(1, 1, 3, 0)]
+    p = torch.tensor([0.9, 0.1])
+    kl = [float((p * (p / q).log()).sum()) for q in (torch.tensor([0.99, 0.01]), torch.tensor([0.7, 0.3]))]
+    reverse = [float((q * (q / p).log()).sum()) for q in (torch.tensor([0.99, 0.01]), torch.tensor([0.7, 0.3]))]
+    assert kl == pytest.approx([0.1445, 0.1163], abs=1e-3) and reverse == pytest.approx([0.0713, 0.1537], abs=1e-3)
+
+
+def test_abd_labelled_rule_most_confident_patch_takes_the_other_views_least_confident():
+    conf1 = torch.tensor([[0.9, 0.2, 0.5, 0.7], [0.1, 0.2, 0.3, 0.4]])
+    conf2 = torch.tensor([[0.3, 0.8, 0.6, 0.1], [0.4, 0.3, 0.2, 0.1]])
+    assert labelled_moves(conf1, conf2, [True, False]) == [(0, 3, 1, 1), None]
+
+
+def test_abd_strong_view_clears_the_label_inside_the_cutout_box():
+    image = torch.full((1, 1, 24, 30), 0.5)
+    label = one_hot(torch.ones(1, 24, 30, dtype=torch.long))
+    boxed = 0
+    for seed in range(12):
+        _, box = aug.cutout(image, gen(seed))
+        strong, strong_label = abd_strong_view(image, label, gen(seed))
+        assert torch.equal(strong_label[:, 1:], 1.0 - box) and torch.equal(strong_label.sum(1), torch.ones(1, 24, 30))
+        assert float(strong.min()) >= 0 and float(strong.max()) <= 1 and not torch.equal(strong, image)
+        boxed += int(box.any())
+    assert 2 <= boxed <= 10  # p = 0.5
+
+
+def test_cutout_fills_its_box_with_random_zeros_and_ones():
+    image = torch.full((1, 1, 40, 50), 0.5)
+    seed = next(s for s in range(20) if aug.cutout(image, gen(s))[1].any())
+    out, box = aug.cutout(image, gen(seed))
+    inside = out[box.bool()]
+    assert set(inside.unique().tolist()) == {0.0, 1.0} and torch.all(out[~box.bool()] == 0.5)
+
+
+def test_abd_cross_pseudo_dice_is_each_networks_dice_against_the_others_argmax():
+    l1 = torch.randn(2, 2, 5, 6, generator=gen(20), requires_grad=True)
+    l2 = torch.randn(2, 2, 5, 6, generator=gen(21), requires_grad=True)
+    d1, d2 = cross_pseudo_dice(l1, l2)
+    d1_value, d2_value = float(d1.detach()), float(d2.detach())
+    with torch.no_grad():
+        want1 = 1 - soft_dice(torch.softmax(l1, 1), one_hot(l2.argmax(1))).mean()
+        want2 = 1 - soft_dice(torch.softmax(l2, 1), one_hot(l1.argmax(1))).mean()
+    assert d1_value == pytest.approx(float(want1), rel=1e-6) and d2_value == pytest.approx(float(want2), rel=1e-6)
+    d1.backward()
+    assert l1.grad is not None and l2.grad is None
+
+
+# ----------------------------------------------------------------------------- AD-MT
+
+def test_ad_mt_ensemble_is_the_mean_of_the_teachers_and_the_entropy_weights_cancel():
+    p1 = torch.tensor([[0.9, 0.2], [0.1, 0.8]]).view(1, 2, 1, 2)   # pixel 0: background, pixel 1: gland
+    p2 = torch.tensor([[0.4, 0.3], [0.6, 0.7]]).view(1, 2, 1, 2)   # pixel 0: gland (a conflict), pixel 1: gland
+    label, confidence, conflict = fuse_teachers(p1, p2)
+    assert label.flatten().tolist() == [0, 1] and conflict.flatten().tolist() == [True, False]
+    assert confidence.flatten().tolist() == pytest.approx([0.65, 0.75])
+    entropy = -(p1 * torch.log2(p1 + 1e-10)).sum(1, keepdim=True) - (p2 * torch.log2(p2 + 1e-10)).sum(1, keepdim=True)
+    weighted = torch.exp(-entropy) * p1 + torch.exp(-entropy) * p2  # the original's formula, temperature 1
+    torch.testing.assert_close(confidence, (weighted / weighted.sum(1, keepdim=True)).amax(1, keepdim=True))
+
+
+def test_ad_mt_conflicts_are_resolved_by_the_more_confident_of_ensemble_and_student():
+    def row(*values, dtype=torch.float32):
+        return torch.tensor(values, dtype=dtype).view(1, 1, 1, -1)
+    # pixels: teachers agree | conflict, student differs and surer | conflict, student differs, less sure |
+    #         conflict, student agrees | as the second, but outside the allowed region (a CutMix box)
+    label = row(1, 1, 1, 0, 1, dtype=torch.long)
+    confidence = row(0.6, 0.6, 0.9, 0.7, 0.6)
+    conflict = row(False, True, True, True, True, dtype=torch.bool)
+    student_label = row(0, 0, 0, 0, 0, dtype=torch.long)
+    student_confidence = row(0.99, 0.8, 0.7, 0.99, 0.8)
+    allowed = row(True, True, True, True, False, dtype=torch.bool)
+    out_label, out_confidence = resolve_conflicts(label, confidence, conflict, student_label, student_confidence, allowed)
+    assert out_label.flatten().tolist() == [1, 0, 1, 0, 1]
+    assert out_confidence.flatten().tolist() == pytest.approx([0.6, 0.8, 0.9, 0.7, 0.6])
+
+
+def test_ad_mt_alternation_runs_last_the_periods_drawn_uniformly():
+    alternation = Alternation(50, gen(30))
+    states = []
+    for _ in range(400):
+        states.append(alternation.first_active)
+        alternation.advance()
+    runs, current = [], 1
+    for before, after in zip(states, states[1:]):
+        if before == after:
+            current += 1
+        else:
+            runs.append(current)
+            current = 1
+    reference = gen(30)
+    assert runs == [int(torch.randint(1, 51, (1,), generator=reference)) for _ in runs]
+    assert states[0] and all(1 <= r <= 50 for r in runs) and max(runs) > 25
+    every_step = Alternation(1, gen(31))
+    flags = []
+    for _ in range(4):
+        flags.append(every_step.first_active)
+        every_step.advance()
+    assert flags == [True, False, True, False]
+    restored = Alternation(50, gen(0))
+    restored.load_state_dict(alternation.state_dict())
+    assert restored.state_dict() == alternation.state_dict()
+
+
+def test_ad_mt_decay_copies_then_warms_up_to_its_cap():
+    total = 30_000  # the original's run: copies while step // 2 < 50
+    assert [ad_mt_decay(s, total, 0.99) for s in (0, 99, 100, 101)] == [0.0, 0.0, 0.0, 0.0]
+    assert ad_mt_decay(102, total, 0.99) == pytest.approx(0.5)
+    assert ad_mt_decay(298, total, 0.99) == pytest.approx(0.99)
+    assert ad_mt_decay(10_000, total, 0.99) == 0.99
+    assert ad_mt_decay(2, 300, 0.99) == pytest.approx(0.5)  # 1/600 of 300 steps rounds to 0 copies
+
+
+def test_ad_mt_cutmix_box_size_follows_beta_4_4_and_stays_inside():
+    draws = np.array([aug.beta_draw(4, 4, gen(s)) for s in range(2000)])
+    assert abs(draws.mean() - 0.5) < 0.02 and abs(draws.std() - math.sqrt(16 / (64 * 9))) < 0.02
+    height, width = 64, 96
+    for seed in range(300):
+        top, left, box_h, box_w = aug.centred_cutmix_box(height, width, gen(seed))
+        assert 0 <= top and top + box_h <= height and 0 <= left and left + box_w <= width
+        ratio = math.sqrt(1 - aug.beta_draw(4, 4, gen(seed)))  # the same first draws as the box's
+        half_h, half_w = int(height * ratio) // 2, int(width * ratio) // 2
+        assert half_h <= box_h <= 2 * half_h and half_w <= box_w <= 2 * half_w  # clipped at most on one side

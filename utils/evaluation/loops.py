@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from networks.spatial_transformer import warp, warp_label
+from utils.evaluation.instance_metrics import instance_metrics
 from utils.evaluation.metrics import evaluate_mask, jacobian_statistics, masks_from_scores, warped_mask_metrics
 
 
@@ -72,8 +73,11 @@ def segment_probabilities(net: torch.nn.Module, images: torch.Tensor, amp: bool 
 def evaluate_segmentation(net: torch.nn.Module, images: Dataset, device: torch.device,
                           fold: int | None = None, amp: bool = False, pixel_size: float = 1.0,
                           progress: bool = True,
-                          keep_outputs: Callable[[dict, np.ndarray], None] | None = None) -> list[dict]:
-    """Per-image ``name, patient, fold, iou, dice, hd95, recall, accuracy, hd95_empty`` rows.
+                          keep_outputs: Callable[[dict, np.ndarray], None] | None = None,
+                          thin_structures: bool = False) -> list[dict]:
+    """Per-image ``name, patient, fold, iou, dice, hd95, recall, accuracy, hd95_empty`` rows; with
+    ``thin_structures`` (the test script; validation leaves it off) also clDice, gland-level
+    detection and AJI (:func:`utils.evaluation.instance_metrics.instance_metrics`).
 
     ``keep_outputs(batch, predicted_mask)`` (optional) receives each prediction.
     """
@@ -89,6 +93,8 @@ def evaluate_segmentation(net: torch.nn.Module, images: Dataset, device: torch.d
                      "iou": scores["iou"], "dice": scores["dice"], "hd95": scores["hd95"],
                      "recall": scores["recall"], "accuracy": scores["accuracy"],
                      "hd95_empty": scores["hd95_empty"]})
+        if thin_structures:
+            rows[-1].update(instance_metrics(pred, gt))
         if keep_outputs is not None:
             keep_outputs(batch, pred)
     if was_training:

@@ -50,7 +50,8 @@ def _as_bool(mask: Any) -> np.ndarray:
     return np.asarray(mask) != 0
 
 
-def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
+def mask_pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Two masks as bool arrays of one shape (ValueError when the shapes differ or are empty)."""
     pred, gt = _as_bool(pred), _as_bool(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ in shape")
@@ -77,7 +78,7 @@ def mask_metrics(pred: Any, gt: Any) -> dict[str, float]:
     ``[H, W]``). Returns ``{"iou", "dice", "recall", "accuracy"}`` as floats in
     [0, 1]; the empty cases follow the module docstring.
     """
-    pred, gt = _pair(pred, gt)
+    pred, gt = mask_pair(pred, gt)
     tp = int(np.count_nonzero(pred & gt))
     fp = int(np.count_nonzero(pred & ~gt))
     fn = int(np.count_nonzero(~pred & gt))
@@ -96,7 +97,7 @@ def hd95(pred: Any, gt: Any, pixel_size: float = 1.0) -> tuple[float, str | None
     """
     if not pixel_size > 0:
         raise ValueError(f"pixel_size must be > 0, got {pixel_size}")
-    pred, gt = _pair(pred, gt)
+    pred, gt = mask_pair(pred, gt)
     pred_empty, gt_empty = not pred.any(), not gt.any()
     if pred_empty and gt_empty:
         return 0.0, "both_empty"

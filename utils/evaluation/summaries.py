@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from utils.evaluation.instance_metrics import GLAND_COUNTS, THIN_METRICS
 from utils.evaluation.metrics import summarise
 
-SEG_METRICS = ["iou", "dice", "hd95", "recall", "accuracy"]
-SEG_COLUMNS = ["name", "patient", "fold"] + SEG_METRICS + ["hd95_empty"]
+#: pixel metrics (utils.evaluation.metrics) and those for thin, many-component structures
+#: (utils.evaluation.instance_metrics); the test script prints one table of each
+SEG_PIXEL_METRICS = ["iou", "dice", "hd95", "recall", "accuracy"]
+SEG_THIN_METRICS = list(THIN_METRICS)
+SEG_METRICS = SEG_PIXEL_METRICS + SEG_THIN_METRICS
+SEG_COLUMNS = ["name", "patient", "fold"] + SEG_METRICS + ["hd95_empty"] + GLAND_COUNTS
 REG_METRICS = ["affine_iou", "affine_dice", "affine_recall", "iou", "dice", "recall",
                "folding_fraction", "jacobian_mean", "jacobian_min", "jacobian_std"]
 REG_COLUMNS = ["moving", "fixed", "patient", "fold"] + REG_METRICS

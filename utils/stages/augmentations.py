@@ -86,6 +86,43 @@ def cutmix_box(height: int, width: int, generator: torch.Generator, p: float = 0
             return top, left, box_h, box_w
 
 
+def cutout(image: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """ABD's cutout of a ``[1, C, H, W]`` image: with probability ``p`` a box drawn as
+    :func:`cutmix_box` is filled with random 0/1 pixels. Returns ``(image, box mask [1, 1, H, W])``
+    (the mask all 0 when no box was drawn; a label is cleared inside it by the caller)."""
+    height, width = image.shape[-2:]
+    box = cutmix_box(height, width, generator, p=p)
+    mask = box_mask(height, width, box, 1, image.device)
+    if box is None:
+        return image, mask
+    top, left, box_h, box_w = box
+    noise = torch.randint(0, 2, (box_h, box_w), generator=generator).to(device=image.device, dtype=image.dtype)
+    out = image.clone()
+    out[..., top:top + box_h, left:left + box_w] = noise
+    return out, mask
+
+
+def beta_draw(a: int, b: int, generator: torch.Generator) -> float:
+    """One draw from Beta(a, b) for integers ``a, b >= 1``: the ``a``-th smallest of ``a + b - 1``
+    uniforms (an order statistic; ``torch.distributions`` takes no generator)."""
+    return float(torch.rand(a + b - 1, generator=generator, dtype=torch.float64).sort().values[a - 1])
+
+
+def centred_cutmix_box(height: int, width: int, generator: torch.Generator, a: int = 4, b: int = 4
+                       ) -> tuple[int, int, int, int]:
+    """AD-MT's CutMix box ``(top, left, box_h, box_w)``: ``lam ~ Beta(a, b)``, sides
+    ``int(H sqrt(1 - lam))`` x ``int(W sqrt(1 - lam))`` centred on a row uniform in
+    ``[H // 8, H)`` and a column uniform in ``[W // 8, W)``, half a side (rounded down) each
+    way, clipped to the image (so a box at the border is smaller)."""
+    ratio = math.sqrt(1.0 - beta_draw(a, b, generator))
+    half_h, half_w = int(height * ratio) // 2, int(width * ratio) // 2
+    row = int(torch.randint(height // 8, height, (1,), generator=generator))
+    col = int(torch.randint(width // 8, width, (1,), generator=generator))
+    top, bottom = max(0, row - half_h), min(height, row + half_h)
+    left, right = max(0, col - half_w), min(width, col + half_w)
+    return top, left, bottom - top, right - left
+
+
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``[B, C, H, W]`` (kernel radius ``ceil(3 sigma)``, reflected border)."""
     radius = max(1, math.ceil(3.0 * sigma))

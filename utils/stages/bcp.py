@@ -54,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "tested model is chosen among the self-training epochs that follow, so at "
                             "least one must remain (default: 0.5, as the original's two equal phases)")
     group.add_argument("--bcp-box", type=float, default=2 / 3,
-                       help="bcp: side of the pasted box as a fraction of the image side (default: 2/3)")
+                       help="bcp, abd: side of the pasted box as a fraction of the image side (default: 2/3)")
     group.add_argument("--bcp-pseudo-weight", type=float, default=0.5,
-                       help="bcp: weight of the pseudo-labelled region against 1 for ground truth "
+                       help="bcp, abd: weight of the pseudo-labelled region against 1 for ground truth "
                             "(default: 0.5)")
 
 
@@ -65,10 +65,11 @@ def pretrain_epochs(epochs: int, fraction: float) -> int:
     return int(round(int(epochs) * float(fraction)))
 
 
-def check_schedule(epochs: int, fraction: float) -> None:
-    """InputError when ``--bcp-pretrain`` leaves no self-training epoch to select the tested model from."""
+def check_schedule(epochs: int, fraction: float, flag: str = "--bcp-pretrain") -> None:
+    """InputError when the pre-training fraction (``flag``) leaves no self-training epoch to select
+    the tested model from."""
     if pretrain_epochs(epochs, fraction) >= epochs:
-        raise InputError(f"--bcp-pretrain {fraction:g} of --epochs {epochs} leaves no self-training epoch, "
+        raise InputError(f"{flag} {fraction:g} of --epochs {epochs} leaves no self-training epoch, "
                          f"and the tested model is chosen among those; use a smaller fraction or more epochs")
 
 

@@ -37,7 +37,7 @@ from utils.training.engine import FiniteCheck
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("mean-teacher and ua-mt")
     group.add_argument("--ema-decay", type=float, default=0.99,
-                       help="largest EMA decay of the teacher (mean-teacher, ua-mt, bcp; default: 0.99)")
+                       help="largest EMA decay of the teacher (mean-teacher, ua-mt, bcp, abd, ad-mt; default: 0.99)")
     group.add_argument("--consistency", type=float, default=0.1,
                        help="consistency weight reached at the end of the run (mean-teacher, ua-mt; "
                             "default: 0.1)")

@@ -15,7 +15,7 @@ import torch
 from dataloaders.fold_data import FoldData
 from utils.cli import OneLineErrorParser, add_common_args, add_training_args, check_training_args
 from utils.errors import InputError
-from utils.stages import bcp, cps, mean_teacher, segmentation, ss_mgs, unimatch
+from utils.stages import abd, ad_mt, bcp, cps, mean_teacher, segmentation, ss_mgs, unimatch
 from utils.stages.segmentation import SegmentationStage
 
 
@@ -58,6 +58,13 @@ METHODS: dict[str, Method] = {
     "unimatch": Method("weak-to-strong consistency with two strong CutMix views and a feature "
                        "perturbation (UniMatch)", unimatch.UniMatchStage,
                        options=("unimatch_threshold", "unimatch_dropout")),
+    "abd": Method("BCP's copy-paste with two networks on weak and strong views and adaptive bidirectional "
+                  "displacement of their least and most confident patches (ABD)", abd.ABDStage,
+                  options=("ema_decay", "bcp_box", "bcp_pseudo_weight", "abd_pretrain", "abd_grid", "abd_top_k",
+                           "abd_labelled_weight")),
+    "ad-mt": Method("a student taught by two alternately updated EMA teachers, their conflicts resolved by "
+                    "confidence, on alternating strong and CutMix views (AD-MT)", ad_mt.ADMTStage,
+                    options=("ema_decay", "ad_mt_weight", "ad_mt_rampup", "ad_mt_threshold")),
 }
 
 
@@ -86,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     cps.add_arguments(parser)
     bcp.add_arguments(parser)
     unimatch.add_arguments(parser)
+    abd.add_arguments(parser)
+    ad_mt.add_arguments(parser)
     return parser
 
 
@@ -97,13 +106,16 @@ def check_args(args: argparse.Namespace) -> None:
     if args.target == "eyelid" and args.method != "supervised":
         raise InputError(f"--target eyelid trains the supervised segmenter only; drop --method {args.method} "
                          f"or use --method supervised")
-    check_training_args(args, "temperature", "negatives", "t_max", "uncertainty_passes")
-    for name in ("ema_decay", "bcp_box", "unimatch_threshold", "bcp_pretrain", "consistency_start"):
+    check_training_args(args, "temperature", "negatives", "t_max", "uncertainty_passes", "abd_grid", "abd_top_k")
+    for name in ("ema_decay", "bcp_box", "unimatch_threshold", "bcp_pretrain", "consistency_start", "abd_pretrain",
+                 "ad_mt_rampup", "ad_mt_threshold"):
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     if args.method == "bcp":
         bcp.check_schedule(args.epochs, args.bcp_pretrain)
+    if args.method == "abd":
+        bcp.check_schedule(args.epochs, args.abd_pretrain, "--abd-pretrain")
     for name in ("ramp_fraction", "ramp_length"):
         value = getattr(args, name)
         if value is not None and value < 0:
@@ -112,6 +124,9 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not 0.0 <= value < 1.0:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+    for name in ("abd_labelled_weight", "ad_mt_weight"):
+        if getattr(args, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     check_method_options(args, build_parser())
 
 
