@@ -113,7 +113,41 @@ def test_seg_report_compares_measures_and_grades(trained, tmp_path):
     assert all(math.isfinite(float(r["dropout_error"])) for r in measures)
     summary = read_csv(runs / "SUP" / "test" / "clinical_summary.csv")[0]
     assert int(summary["n_images"]) == len(names) and int(summary["grades_n"]) == len(names)
+    assert int(summary["grades_true_n"]) == len(names) and summary["grades_score"] == "meiboscore"
     assert "quadratic kappa" in result.stdout and "clinicians' grades" in result.stdout
+    assert "from true masks vs clinicians' grades" in result.stdout
+    for picture in ("bland_altman.png", "meiboscore_confusion.png", "meiboscore_vs_grades.png"):
+        image = cv2.imread(str(runs / "SUP" / "test" / picture))
+        assert image is not None and image.shape[0] > 100 and image.std() > 5, picture
+
+
+def without_eyelids(data: Path, copy: Path) -> Path:
+    """The data folder without Eyelid/: Image/, Label/ and the fold files linked."""
+    copy.mkdir()
+    for entry in data.iterdir():
+        if entry.name != "Eyelid":
+            (copy / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    return copy
+
+
+def test_seg_report_without_eyelid_masks_reports_the_gland_count_and_says_why(trained, tmp_path):
+    data, runs = trained
+    plain = without_eyelids(data, tmp_path / "plain")
+    result = script("--mode", "seg", "--data-dir", str(plain), "--fold", "1", "--runs-dir", str(runs),
+                    "--exp", "SUP", "--device", "cpu", "--no-progress")
+    line = next(l for l in result.stdout.splitlines() if "measures on predicted vs true masks" in l)
+    assert "gland count MAE" in line and "need eyelid masks" in line and "--eyelid-exp" in line
+    assert "nan" not in line and "kappa" not in line
+    summary = read_csv(runs / "SUP" / "test" / "clinical_summary.csv")[0]
+    assert int(summary["n_meiboscore"]) == 0
+    assert (runs / "SUP" / "test" / "bland_altman.png").is_file()
+    assert not (runs / "SUP" / "test" / "meiboscore_confusion.png").exists()     # no stale picture of a rerun
+    # the eyelid model of the same fold supplies the eyelid the data folder lacks
+    result = script("--mode", "seg", "--data-dir", str(plain), "--fold", "1", "--runs-dir", str(runs),
+                    "--exp", "SUP", "--eyelid-exp", "EYE", "--device", "cpu", "--no-progress")
+    summary = read_csv(runs / "SUP" / "test" / "clinical_summary.csv")[0]
+    assert int(summary["n_meiboscore"]) == int(summary["n_images"]) > 0
+    assert "need eyelid masks" not in result.stdout
 
 
 def test_predict_writes_measures_and_needs_an_eyelid_model_for_dropout(trained, tmp_path):
@@ -159,4 +193,16 @@ def test_report_says_when_kappa_is_undefined():
     assert len(lines) == 2 and all("quadratic kappa undefined (all in one grade)" in line for line in lines)
     assert "nan" not in " ".join(lines)
     summary["meiboscore_kappa"] = 0.4
-    assert "quadratic kappa 0.400 (2 images" in report_lines("EXP", summary, None)[0]
+    assert report_lines("EXP", summary, None)[0].endswith("quadratic kappa 0.400")
+    summary["n_meiboscore"] = 1
+    assert report_lines("EXP", summary, None)[0].endswith("quadratic kappa 0.400 (1 of 2 images with an eyelid)")
+
+
+def test_report_without_any_eyelid_says_what_is_missing_in_words():
+    summary = {"n_images": 3, "count_mae": 1.5, "gland_area_ratio_mae": math.nan, "dropout_mae": math.nan,
+               "meiboscore_accuracy": math.nan, "meiboscore_kappa": math.nan, "n_meiboscore": 0}
+    lines = report_lines("EXP", summary, grade_agreement([], {"a": 1}))
+    text = " ".join(lines)
+    assert "gland count MAE 1.50" in lines[0] and "nan" not in text and "undefined" not in text
+    assert "need eyelid masks" in lines[0] and "--eyelid-exp" in lines[0] and "none of the 3 test images" in lines[0]
+    assert "clinicians' grades cannot be compared" in lines[1]

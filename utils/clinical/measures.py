@@ -37,6 +37,15 @@ IMAGE_COLUMNS = ("name", "gland_count", "gland_area", "eyelid_area", "gland_area
                  "median_tortuosity", "share_reaching_margin", "margin_side")
 
 
+
+def default_settings(pixel_size: float = 1.0) -> dict[str, Any]:
+    """The keyword arguments of :func:`measure_image` at their defaults (what a calibration
+    records and checks), with ``pixel_size``."""
+    return {"pixel_size": pixel_size, "min_area": DEFAULT_MIN_AREA, "split_ratio": DEFAULT_SPLIT_RATIO,
+            "gap_fraction": DEFAULT_GAP_FRACTION, "margin_side": "auto", "margin_tolerance": DEFAULT_MARGIN_TOLERANCE,
+            "dropout_definition": DEFAULT_DROPOUT_DEFINITION, "healthy_extent": DEFAULT_HEALTHY_EXTENT}
+
+
 @dataclass
 class ImageMeasures:
     """Per-image measures (units as :class:`Gland`), the glands and their label image
