@@ -117,8 +117,10 @@ def dropout_definitions_figure(glands: Any, eyelid: Any, path: str | Path, title
     area_lost = 1 - area_kept.sum() / eyelid.sum()
     span_lost = 1 - span_kept.sum() / span.sum()
     panels = [("glands (white) in the eyelid mask (grey)", np.where(glands, 4, np.where(eyelid, 1, 0))),
-              (f"area: dropout {area_lost:.2f} = red / (red + green)", layer(area_kept, eyelid)),
-              (f"span (h = {extent:.2f}): dropout {span_lost:.2f}; grey not counted", layer(span_kept, span))]
+              (f"area: dropout {area_lost:.2f} = red / whole eyelid\n(green + white: glands and the gaps between "
+               f"them)", layer(area_kept, eyelid)),
+              (f"span: dropout {span_lost:.2f} = red / span (h = {extent:.2f})\n(grey: beyond the span, not "
+               f"counted)", layer(span_kept, span))]
     height, width = glands.shape
     figure = Figure(figsize=(3.6 * len(panels), 3.6 * height / width + 0.8), layout="constrained")
     if title:
