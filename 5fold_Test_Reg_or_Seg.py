@@ -200,6 +200,8 @@ def measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]]
 
 
 def test_registration(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
+    if args.calibration or args.eyelid_exp:
+        raise InputError("--calibration and --eyelid-exp belong to --mode seg and predict (clinical measures)")
     def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
         net, _ = load_registration_network(checkpoint_for(args, exp, k, "5fold_Train_Reg.py"), device)
@@ -223,6 +225,8 @@ def predict(args: argparse.Namespace, folds: list[int], device: torch.device) ->
     if not files:
         raise InputError(f"--input {in_dir} holds no images ({', '.join(IMAGE_EXTS)})")
     amp = use_amp(args.amp, device)
+    if args.calibration and not args.eyelid_exp:
+        raise InputError("--calibration needs --eyelid-exp in --mode predict: the calibrated meiboscore needs the eyelid")
     calibration = calibration_of(args)
     models = load_fold_models(args.runs_dir, args.exp[0], folds, device, args.checkpoint,
                               hint=f"train it with: python 5fold_Train_SS_MGS.py --exp {args.exp[0]}")

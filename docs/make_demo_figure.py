@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,7 +63,11 @@ def main() -> None:
     width = rows[0].shape[1]
     title = caption(f"realistic demo style, {args.size[0]} x {args.size[1]}: image | glands (red) and eyelid "
                     f"outline (green)", width)
-    cv2.imwrite(args.output, np.concatenate([title] + rows, axis=0))
+    picture = np.concatenate([title] + rows, axis=0)
+    # a 256-colour palette keeps the PNG small (the images' sensor noise compresses badly)
+    palette = Image.fromarray(picture[:, :, ::-1]).quantize(256, method=Image.Quantize.FASTOCTREE,
+                                                            dither=Image.Dither.NONE)
+    palette.save(args.output, optimize=True)
     print(args.output)
 
 

@@ -191,7 +191,7 @@ def test_bad_calibration_files_and_settings_are_one_line_errors(tmp_path):
     (tmp_path / "v.json").write_text(json.dumps({**data, "version": 99}))
     with pytest.raises(InputError, match="version 99"):
         cal.load_calibration(tmp_path / "v.json", {})
-    with pytest.raises(InputError, match="dropout-definition is 'area'"):
+    with pytest.raises(InputError, match="with --dropout-definition 'span', these use 'area'"):
         cal.load_calibration(tmp_path / "c.json", {"dropout_definition": "area"})
     assert cal.load_calibration(tmp_path / "c.json", {"pixel_size": 1.0}).model == "arita"
     with pytest.raises(InputError, match="cannot be read"):

@@ -16,6 +16,7 @@ from dataloaders.dataset import DatasetFolder
 
 from dataloaders.folds import load_fold
 from dataloaders.grades import read_grades
+from utils import gland_measures
 from utils.clinical.report import grade_agreement, report_lines
 from utils.errors import InputError
 from utils.synthetic.generate import generate_dataset
@@ -206,3 +207,28 @@ def test_report_without_any_eyelid_says_what_is_missing_in_words():
     assert "gland count MAE 1.50" in lines[0] and "nan" not in text and "undefined" not in text
     assert "need eyelid masks" in lines[0] and "--eyelid-exp" in lines[0] and "none of the 3 test images" in lines[0]
     assert "clinicians' grades cannot be compared" in lines[1]
+
+
+def test_calibration_applies_in_seg_and_predict(trained, tmp_path):
+    data, runs = trained
+    names = sorted(p.stem for p in (data / "Label").glob("*.png"))
+    grades = tmp_path / "grades.csv"
+    grades.write_text("".join(f"{n},{i % 4}\n" for i, n in enumerate(names)))
+    gland_measures.main([str(data / "Label"), "--eyelid-dir", str(data / "Eyelid"), "--calibrate", str(grades),
+                         "--output", str(tmp_path / "cal"), "--no-progress"])
+    calibration = tmp_path / "cal" / "meiboscore_calibration.json"
+    result = script("--mode", "seg", "--data-dir", str(data), "--fold", "1", "--runs-dir", str(runs), "--exp", "SUP",
+                    "--device", "cpu", "--no-progress", "--grades", str(grades), "--calibration", str(calibration))
+    summary = read_csv(runs / "SUP" / "test" / "clinical_summary.csv")[0]
+    assert summary["grades_score"] == "calibrated_meiboscore" and int(summary["grades_n"]) > 0
+    assert "calibrated meiboscore from predicted masks vs clinicians' grades" in result.stdout
+    common = ["--mode", "predict", "--exp", "SUP", "--fold", "1", "--runs-dir", str(runs), "--device", "cpu",
+              "--input", str(data / "Image"), "--no-progress", "--calibration", str(calibration)]
+    script(*common, "--output", str(tmp_path / "pred"), "--eyelid-exp", "EYE")
+    rows = read_csv(tmp_path / "pred" / "images.csv")
+    assert len(rows) == len(names) and all(r["calibrated_meiboscore"] in ("0", "1", "2", "3") for r in rows)
+    wrong = script(*common, "--output", str(tmp_path / "no_eyelid"), expect=2)
+    assert "--calibration needs --eyelid-exp" in wrong.stderr
+    wrong = script("--mode", "seg", "--data-dir", str(data), "--fold", "1", "--runs-dir", str(runs), "--exp", "SUP",
+                   "--device", "cpu", "--calibration", str(calibration), expect=2)
+    assert "pass both" in wrong.stderr

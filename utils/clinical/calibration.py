@@ -29,7 +29,7 @@ kappa's mean and standard deviation over folds. The candidate with the highest p
 kappa (ties: the simpler) is refitted on every graded image and saved as a
 :class:`MeiboscoreCalibration` (JSON, :data:`CALIBRATION_VERSION`), with what it was
 fitted on and the measure settings it needs (a calibration applies to measures made with
-the same settings; :meth:`MeiboscoreCalibration.check_settings`).
+the same settings; :meth:`MeiboscoreCalibration.mismatched_setting`).
 
 Features of an image (:func:`feature_rows`): an image without a finite dropout and gland
 area ratio (no eyelid) has no calibrated grade; a missing median length or share reaching
@@ -216,12 +216,13 @@ class MeiboscoreCalibration:
                 grades[i] = int(grade)
         return grades
 
-    def check_settings(self, settings: Mapping[str, Any]) -> None:
-        """ValueError naming the first measure setting that differs from the fitted one."""
+    def mismatched_setting(self, settings: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+        """``(key, value in use, fitted value)`` of the first measure setting that differs from
+        the one the calibration was fitted with, or None."""
         for key, value in settings.items():
             if key in self.settings and self.settings[key] != value:
-                raise ValueError(f"{key} is {value!r} but the calibration was fitted on measures with "
-                                 f"{key} {self.settings[key]!r}")
+                return key, value, self.settings[key]
+        return None
 
     def to_json(self, path: str | Path) -> None:
         """Write the calibration as JSON (infinite cut points as null with their sign in
@@ -422,10 +423,13 @@ def load_calibration(path: str | Path, settings: Mapping[str, Any], flag: str = 
     naming the file (and the setting, as its flag) when it cannot be used."""
     try:
         calibration = MeiboscoreCalibration.from_json(path)
-        calibration.check_settings(settings)
     except ValueError as exc:
-        raise InputError(f"{flag} {path}: {exc}".replace("_", "-") if "fitted on measures" in str(exc)
-                         else f"{flag} {path}: {exc}") from None
+        raise InputError(f"{flag} {path}: {exc}") from None
+    mismatch = calibration.mismatched_setting(settings)
+    if mismatch is not None:
+        key, value, fitted = mismatch
+        raise InputError(f"{flag} {path}: it was fitted on measures with --{key.replace('_', '-')} {fitted!r}, "
+                         f"these use {value!r}; measure with the same setting or calibrate again")
     return calibration
 
 

@@ -86,25 +86,23 @@ def auto_margin_side(glands: Any, eyelid: Any) -> str:
     side, _ = margin_distances(label(as_mask(glands), connectivity=2), eyelid, "auto")
     return side or "top"
 
-def lid_healthy_extent(glands: Any, eyelid: Any, margin_side: str,
+def lid_healthy_extent(glands: Any, ranks: np.ndarray, depth: np.ndarray,
                        healthy_extent: float = DEFAULT_HEALTHY_EXTENT) -> float:
     """The lid's healthy extent ``h`` in [``healthy_extent``, 1] (module docstring): the
     :data:`REACH_QUANTILE` quantile of the columns' gland reach ``k_max / d``, columns
-    weighted by ``d``."""
-    ranks, extent = margin_ranks(eyelid, margin_side)
+    weighted by ``d``. ``ranks``, ``depth``: :func:`utils.clinical.eyelid.margin_ranks`."""
     reach = np.where(as_mask(glands), ranks, 0).max(axis=0)
     columns = reach > 0
     if not columns.any():
         return float(healthy_extent)
-    ratio, weight = reach[columns] / extent[columns], extent[columns].astype(np.float64)
+    ratio, weight = reach[columns] / depth[columns], depth[columns].astype(np.float64)
     order = np.argsort(ratio, kind="stable")
     cumulative = np.cumsum(weight[order])
     quantile = ratio[order][np.searchsorted(cumulative, REACH_QUANTILE * cumulative[-1])]
     return float(min(1.0, max(healthy_extent, quantile)))
 
-def expected_span(eyelid: Any, margin_side: str, extent: float) -> np.ndarray:
+def expected_span(ranks: np.ndarray, depth: np.ndarray, extent: float) -> np.ndarray:
     """bool ``[H, W]``: the eyelid pixels with ``(k - 1/2) / d < extent`` (module docstring)."""
-    ranks, depth = margin_ranks(eyelid, margin_side)
     return (ranks > 0) & (ranks - 0.5 < extent * depth[None, :])
 
 def span_regions(glands: Any, eyelid: Any, gap_fraction: float = DEFAULT_GAP_FRACTION,
@@ -114,8 +112,9 @@ def span_regions(glands: Any, eyelid: Any, gap_fraction: float = DEFAULT_GAP_FRA
     healthy extent. ``margin_side``: "top", "bottom" or "auto" (:func:`auto_margin_side`)."""
     eyelid = as_mask(eyelid)
     side = auto_margin_side(glands, eyelid) if margin_side == "auto" else margin_side
-    extent = lid_healthy_extent(glands, eyelid, side, healthy_extent)
-    span = expected_span(eyelid, side, extent)
+    ranks, depth = margin_ranks(eyelid, side)
+    extent = lid_healthy_extent(glands, ranks, depth, healthy_extent)
+    span = expected_span(ranks, depth, extent)
     return gland_bearing_region(glands, eyelid, gap_fraction) & span, span, extent
 
 def check_dropout_settings(definition: str, gap_fraction: float, healthy_extent: float) -> None:

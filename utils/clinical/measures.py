@@ -37,7 +37,6 @@ IMAGE_COLUMNS = ("name", "gland_count", "gland_area", "eyelid_area", "gland_area
                  "median_tortuosity", "share_reaching_margin", "margin_side")
 
 
-
 def default_settings(pixel_size: float = 1.0) -> dict[str, Any]:
     """The keyword arguments of :func:`measure_image` at their defaults (what a calibration
     records and checks), with ``pixel_size``."""

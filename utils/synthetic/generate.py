@@ -19,13 +19,14 @@ Styles:
   some missing); per image gain, gamma, vignetting, noise and a few highlights. The eyelid
   mask is the band. Unchanged from the first version of this module for a seed and size.
 - ``realistic`` (default; :mod:`utils.synthetic.realistic`): the tarsal plate of an everted
-  upper lid (lid margin at its top edge) with 20-30 long glands of low, uneven contrast
-  running from the margin to near the far edge, lobulated and tortuous, on a textured
+  upper lid (lid margin at its top edge) with 20-30 glands of low, uneven contrast
+  running from the margin through about half the plate, lobulated and tortuous, on a textured
   plate with faint vessels; skin with wrinkles and pores and eyelashes above the margin,
   the dark eye below; specular glints along the margin. Each patient gets a dropout level
   (a grade, none, mild, moderate or severe, with the shares of clinicians' grades on public
   upper-lid meibography, ``GRADE_SHARES``, then a level in ``GRADE_RANGES``; see
-  :func:`dataset_grade`): glands are removed or shortened over contiguous spans of the lid. Per image:
+  :func:`dataset_grade`): glands are removed or shortened over contiguous spans of the
+  lid. Per image:
   exposure, vignetting, varying defocus, sometimes motion blur, noise, sometimes an
   examiner's fingertip or a cotton swab (left out of the eyelid and gland masks), and for
   some patients on-screen text in a corner; deformations are larger and more local than
@@ -102,7 +103,7 @@ def generate_patient(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_S
     - ``"images"``: float32 ``[H, W]`` in [0, 1] (what is saved, before 8-bit rounding);
     - ``"masks"``: uint8 ``[H, W]`` in {0, 1}, the glands;
     - ``"lid_masks"``: uint8 ``[H, W]`` in {0, 1}, the eyelid mask (simple: the lid band;
-      realistic: the tarsal plate where the glands lie, less any occluder);
+      realistic: the tarsal plate, whose margin half the glands fill, less any occluder);
     - ``"matrices"``: 2x3 float64 ``A_k`` (frame pixel -> canonical point, OpenCV inverse-map
       convention); ``"fields"``: float32 ``[2, H, W]`` elastic fields ``e_k`` (pixels,
       channel 0 = row). Image k is ``canonical(A_k @ (p + e_k(p)))``, see the module docstring;
