@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import math
 import subprocess
 import sys
@@ -227,8 +228,9 @@ def test_calibration_applies_in_seg_and_predict(trained, tmp_path):
     script(*common, "--output", str(tmp_path / "pred"), "--eyelid-exp", "EYE")
     rows = read_csv(tmp_path / "pred" / "images.csv")
     assert len(rows) == len(names) and all(r["calibrated_meiboscore"] in ("0", "1", "2", "3") for r in rows)
-    wrong = script(*common, "--output", str(tmp_path / "no_eyelid"), expect=2)
-    assert "--calibration needs --eyelid-exp" in wrong.stderr
-    wrong = script("--mode", "seg", "--data-dir", str(data), "--fold", "1", "--runs-dir", str(runs), "--exp", "SUP",
-                   "--device", "cpu", "--calibration", str(calibration), expect=2)
-    assert "pass both" in wrong.stderr
+    test_script = importlib.import_module("5fold_Test_Reg_or_Seg")        # the one-line errors, in process
+    with pytest.raises(InputError, match="--calibration needs --eyelid-exp"):
+        test_script.main([*common, "--output", str(tmp_path / "no_eyelid")])
+    with pytest.raises(InputError, match="pass both"):
+        test_script.main(["--mode", "seg", "--data-dir", str(data), "--fold", "1", "--runs-dir", str(runs),
+                          "--exp", "SUP", "--device", "cpu", "--calibration", str(calibration)])
