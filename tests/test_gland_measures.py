@@ -602,7 +602,8 @@ def test_cli_help_and_one_line_errors():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0
     for flag in ("--eyelid-dir", "--pixel-size", "--min-area", "--output", "--split-ratio", "--gap-fraction",
-                 "--margin-side", "--margin-tolerance", "--no-progress"):
+                 "--margin-side", "--margin-tolerance", "--no-progress", "--dropout-definition", "--healthy-extent",
+                 "--calibrate", "--calibration", "--patient-regex", "--patient-csv", "--cv-folds", "--seed"):
         assert flag in run.stdout
     run = subprocess.run([sys.executable, "-m", "utils.gland_measures", "no/such/dir"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

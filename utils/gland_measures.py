@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="python -m utils.gland_measures",
         description="Clinical measures of every gland mask (png) in MASK_DIR: one row per gland in "
-                    "glands.csv, one row per image in images.csv (every column: docs/CLINICAL.md).")
+                    "glands.csv, one row per image in images.csv (every column: docs/CLINICAL.md); "
+                    "--calibrate fits the meiboscore to a clinic's grades, --calibration applies such a fit.")
     parser.add_argument("mask_dir", metavar="MASK_DIR", help="folder of gland masks (png, 0/255 or 0/1)")
     parser.add_argument("--eyelid-dir", metavar="DIR", default=None,
                         help="folder of eyelid masks with the same file names; without it (or for a "
