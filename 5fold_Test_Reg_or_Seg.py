@@ -5,10 +5,11 @@
     python 5fold_Test_Reg_or_Seg.py --mode predict --exp SEG --fold all --input IMG_DIR --output OUT_DIR
 
 seg and reg write RUNS/EXP/test/per_image.csv (per_pair.csv) and summary.csv and
-print a table (seg: one of the pixel metrics, one of clDice, gland-level detection and
-AJI, utils.evaluation.instance_metrics). seg also compares the clinical measures on predicted and true masks
-(measures.csv, clinical_summary.csv; with --grades, the estimated meiboscore with
-clinicians' grades), and with several --exp every experiment with the first
+print tables (seg: the pixel metrics, and clDice, gland-level detection and AJI of
+utils.evaluation.instance_metrics). seg also compares the clinical measures on predicted
+and true masks (measures.csv, clinical_summary.csv, Bland-Altman and confusion-matrix
+PNGs; with --grades, the estimated meiboscore with clinicians' grades, calibrated with
+--calibration), and with several --exp every experiment with the first
 (paired differences, bootstrap interval, Wilcoxon p-value) in
 RUNS/<first>/test/comparison.csv. predict writes OUT_DIR/masks/, overlays/,
 gland_area.csv, glands.csv and images.csv (--eyelid-exp: eyelid masks and the
@@ -33,13 +34,15 @@ from dataloaders.registration_data import RegistrationPairSet
 from dataloaders.segmentation_data import SegmentationEvalSet
 from networks.segmentation_net import SegmentationNet
 from utils.cli import OneLineErrorParser, add_common_args
+from utils.clinical.calibration import load_calibration
+from utils.clinical.measures import default_settings
 from utils.clinical.report import measure_pair, write_report
 from utils.errors import InputError, run_cli
 from utils.evaluation.comparison import COLUMNS as COMPARISON_COLUMNS
 from utils.evaluation.comparison import compare, format_comparison
 from utils.evaluation.loops import evaluate_registration, evaluate_segmentation
 from utils.evaluation.metrics import HD95_EMPTY_POLICY, masks_from_scores
-from utils.evaluation.prediction import check_targets, load_fold_models, predict_folder
+from utils.evaluation.prediction import check_targets, gland_probability, load_fold_models, predict_folder
 from utils.evaluation.savers import registration_panel_saver, segmentation_overlay_saver
 from utils.evaluation.summaries import (REG_COLUMNS, REG_METRICS, SEG_COLUMNS, SEG_METRICS, SEG_PIXEL_METRICS,
                                         SEG_THIN_METRICS, summary_columns, summary_rows, table_lines)
@@ -73,8 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None,
                         help="predict: folder for masks, overlays, gland_area.csv, glands.csv and images.csv")
     parser.add_argument("--eyelid-exp", default=None,
-                        help="predict: experiment trained with --target eyelid; its folds segment the eyelid, "
-                             "which gives the eyelid-dependent measures (area ratio, dropout, meiboscore)")
+                        help="experiment trained with --target eyelid, whose models segment the eyelid, which "
+                             "gives the eyelid-dependent measures (area ratio, dropout, meiboscore); predict: "
+                             "its folds' ensemble; seg: for test images without an Eyelid/ mask, its model of "
+                             "the same fold")
+    parser.add_argument("--calibration", default=None, metavar="FILE",
+                        help="a meiboscore_calibration.json (python -m utils.gland_measures --calibrate): "
+                             "seg compares its calibrated meiboscore with --grades, predict adds it to "
+                             "images.csv as calibrated_meiboscore")
     parser.add_argument("--amp", default="auto", choices=("auto", "on", "off"),
                         help="mixed precision: auto = on with CUDA only (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -127,9 +136,27 @@ def print_comparison(args: argparse.Namespace, scored: dict[str, list[dict]], me
     print("\n".join(format_comparison(rows)))
 
 
+def calibration_of(args: argparse.Namespace):
+    """The --calibration file, checked against the measure settings this script uses (or None)."""
+    return load_calibration(args.calibration, default_settings(args.pixel_size)) if args.calibration else None
+
+
+def eyelid_models_of(args: argparse.Namespace, folds: list[int], device: torch.device) -> list:
+    """The --eyelid-exp models of ``folds`` (checked to segment the eyelid), or []."""
+    if not args.eyelid_exp:
+        return []
+    models = load_fold_models(args.runs_dir, args.eyelid_exp, folds, device,
+                              hint=f"train it with: python 5fold_Train_SS_MGS.py --target eyelid --exp {args.eyelid_exp}")
+    check_targets(models, "eyelid", "--eyelid-exp")
+    return models
+
+
 def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
     amp = use_amp(args.amp, device)
     grades = read_grades(args.grades) if args.grades else None
+    if args.calibration and not args.grades:
+        raise InputError("--mode seg uses --calibration to compare the calibrated meiboscore with --grades: pass both")
+    calibration = calibration_of(args)
     measured: dict[str, tuple[list[dict], list[dict]]] = {}
     settings: dict[str, str] = {}  # training setting -> the first experiment trained with it
 
@@ -142,7 +169,9 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
         target = trained.get("target", "gland")
         keepers = [segmentation_overlay_saver(out_dir / "images")] if args.save_images else []
         if target == "gland":
-            keepers.append(measure_collector(folder, measured.setdefault(exp, ([], [])), args.pixel_size))
+            eyelid_models = eyelid_models_of(args, [k], device)
+            keepers.append(measure_collector(folder, measured.setdefault(exp, ([], [])), args.pixel_size,
+                                             eyelid_models, device, amp))
         return evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test, target), device, k,
                                      amp=amp, pixel_size=args.pixel_size, progress=not args.no_progress,
                                      keep_outputs=lambda batch, pred: [keep(batch, pred) for keep in keepers],
@@ -160,14 +189,22 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
               "--augment and --dropout")
     print_comparison(args, scored, SEG_METRICS)
     for exp, (pred_rows, true_rows) in measured.items():
-        print("\n".join(write_report(Path(args.runs_dir) / exp / "test", exp, pred_rows, true_rows, grades)))
+        print("\n".join(write_report(Path(args.runs_dir) / exp / "test", exp, pred_rows, true_rows, grades,
+                                      calibration)))
 
 
-def measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]], pixel_size: float):
-    """Clinical measures of each test image's predicted and true mask (with its true eyelid)."""
+def measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]], pixel_size: float,
+                      eyelid_models: Sequence = (), device: torch.device | None = None, amp: bool = False):
+    """Clinical measures of each test image's predicted and true mask, with its true eyelid
+    (``Eyelid/<name>.png``) or, without one, the eyelid ``eyelid_models`` segment (if any)."""
     def collect(batch: dict, pred: np.ndarray) -> None:
         name = batch["name"][0]
-        eyelid = folder.load_eyelid(name) if folder.has_eyelid(name) else None
+        if folder.has_eyelid(name):
+            eyelid = folder.load_eyelid(name)
+        elif eyelid_models:
+            eyelid = gland_probability(eyelid_models, batch["image"][0, 0].numpy(), device, amp) > 0.5
+        else:
+            eyelid = None
         true = masks_from_scores(batch["label"])[0].numpy()
         predicted_row, true_row = measure_pair(name, pred, true, eyelid, pixel_size)
         rows[0].append(predicted_row)
@@ -176,6 +213,8 @@ def measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]]
 
 
 def test_registration(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
+    if args.calibration or args.eyelid_exp:
+        raise InputError("--calibration and --eyelid-exp belong to --mode seg and predict (clinical measures)")
     def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
         net, _ = load_registration_network(checkpoint_for(args, exp, k, "5fold_Train_Reg.py"), device)
@@ -199,17 +238,15 @@ def predict(args: argparse.Namespace, folds: list[int], device: torch.device) ->
     if not files:
         raise InputError(f"--input {in_dir} holds no images ({', '.join(IMAGE_EXTS)})")
     amp = use_amp(args.amp, device)
+    if args.calibration and not args.eyelid_exp:
+        raise InputError("--calibration needs --eyelid-exp in --mode predict: the calibrated meiboscore needs the eyelid")
+    calibration = calibration_of(args)
     models = load_fold_models(args.runs_dir, args.exp[0], folds, device, args.checkpoint,
                               hint=f"train it with: python 5fold_Train_SS_MGS.py --exp {args.exp[0]}")
     check_targets(models, "gland", "--exp")
-    eyelid_models = []
-    if args.eyelid_exp:
-        eyelid_models = load_fold_models(args.runs_dir, args.eyelid_exp, folds, device,
-                                         hint=f"train it with: python 5fold_Train_SS_MGS.py --target eyelid "
-                                              f"--exp {args.eyelid_exp}")
-        check_targets(eyelid_models, "eyelid", "--eyelid-exp")
+    eyelid_models = eyelid_models_of(args, folds, device)
     count = predict_folder(files, out_dir, models, eyelid_models, device, amp, args.pixel_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, calibration=calibration)
     print(f"{count} images segmented with {len(models)} fold model(s)"
           + (f" and {len(eyelid_models)} eyelid model(s)" if eyelid_models else "") + f" -> {out_dir}")
 

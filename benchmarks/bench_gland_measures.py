@@ -7,7 +7,8 @@ test script's per-image metrics for thin, many-component structures.
 The pair: a lens-shaped eyelid band across the image and ``--glands`` tapered, tortuous,
 roughly vertical glands in it (some shortened, every fifth pair joined by a short neck).
 Prints the glands drawn and found, and the seconds per call (min / median over the
-repeats, after one warm-up) of ``measure_image``, of its two main parts, and of
+repeats, after one warm-up) of ``measure_image`` (span dropout, the default), of its main
+parts (dropout under both definitions), of applying a calibration to its row, and of
 ``instance_metrics`` (clDice, gland-level detection, AJI: what the test script adds per
 image) of the gland mask against a copy shifted by two pixels.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.clinical import calibration as calibration_mod  # noqa: E402
 from utils.clinical import dropout as dropout_mod  # noqa: E402
 from utils.clinical import glands as glands_mod  # noqa: E402
 from utils.clinical import measures as measures_mod  # noqa: E402
@@ -101,14 +103,20 @@ def main() -> None:
     print(f"{args.width} x {args.height} pair: {args.glands} glands drawn, "
           f"{result.gland_count} glands found, "
           f"dropout {result.dropout:.3f}, meiboscore {result.meiboscore}")
+    row = result.row("pair")
+    ordinal = calibration_mod.fit_model("ordinal", calibration_mod.feature_rows([row, row])[0], np.array([1, 2]))
     cases = {"measure_image (all measures)": lambda: measures_mod.measure_image(glands, eyelid),
              "  split_glands": lambda: glands_mod.split_glands(glands),
-             "  dropout": lambda: dropout_mod.dropout(glands, eyelid),
+             "  dropout (span, default)": lambda: dropout_mod.dropout(glands, eyelid),
+             "  dropout (span, margin side known)": lambda: dropout_mod.dropout(glands, eyelid,
+                                                                              margin_side=result.margin_side),
+             "  dropout (area)": lambda: dropout_mod.dropout(glands, eyelid, definition="area"),
+             "calibrated grade (ordinal model)": lambda: ordinal.predict_rows([row]),
              "instance_metrics (shifted copy)": lambda: instance_metrics(np.roll(glands, 2, axis=1), glands)}
     print(f"seconds per mask pair (min / median over {args.repeats}):")
     for name, fn in cases.items():
         times = timed(fn, args.repeats)
-        print(f"  {name:32s} {min(times):.4f} / {statistics.median(times):.4f}")
+        print(f"  {name:36s} {min(times):.4f} / {statistics.median(times):.4f}")
 
 
 if __name__ == "__main__":

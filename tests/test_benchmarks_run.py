@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
     ("bench_gland_measures.py", ["--repeats", "1", "--height", "128", "--width", "256", "--glands", "8"],
      ["8 glands drawn, 8 glands found", "seconds per mask pair", "measure_image (all measures)",
       "instance_metrics (shifted copy)"]),
+    ("bench_synthetic_regime.py", ["--patients", "5", "--size", "96", "48", "--seeds", "0", "--folds", "2"],
+     ["10 lids at 96 x 48", "ratio", "span error max",
+      "default meiboscore (span) acc, kappa", "calibrated CV acc, kappa", "real:", "seconds per generated image"]),
     ("bench_prealign.py", ["--patients", "2", "--images", "2", "--size", "96", "48", "--workers", "1"],
      ["pairs 4  workers 1", "warm cache (nothing recomputed)", "error vs the true map"]),
 ])

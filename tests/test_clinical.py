@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import math
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from dataloaders.dataset import DatasetFolder
 
 from dataloaders.folds import load_fold
 from dataloaders.grades import read_grades
+from utils import gland_measures
 from utils.clinical.report import grade_agreement, report_lines
 from utils.errors import InputError
 from utils.synthetic.generate import generate_dataset
@@ -113,7 +115,41 @@ def test_seg_report_compares_measures_and_grades(trained, tmp_path):
     assert all(math.isfinite(float(r["dropout_error"])) for r in measures)
     summary = read_csv(runs / "SUP" / "test" / "clinical_summary.csv")[0]
     assert int(summary["n_images"]) == len(names) and int(summary["grades_n"]) == len(names)
+    assert int(summary["grades_true_n"]) == len(names) and summary["grades_score"] == "meiboscore"
     assert "quadratic kappa" in result.stdout and "clinicians' grades" in result.stdout
+    assert "from true masks vs clinicians' grades" in result.stdout
+    for picture in ("bland_altman.png", "meiboscore_confusion.png", "meiboscore_vs_grades.png"):
+        image = cv2.imread(str(runs / "SUP" / "test" / picture))
+        assert image is not None and image.shape[0] > 100 and image.std() > 5, picture
+
+
+def without_eyelids(data: Path, copy: Path) -> Path:
+    """The data folder without Eyelid/: Image/, Label/ and the fold files linked."""
+    copy.mkdir()
+    for entry in data.iterdir():
+        if entry.name != "Eyelid":
+            (copy / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    return copy
+
+
+def test_seg_report_without_eyelid_masks_reports_the_gland_count_and_says_why(trained, tmp_path):
+    data, runs = trained
+    plain = without_eyelids(data, tmp_path / "plain")
+    result = script("--mode", "seg", "--data-dir", str(plain), "--fold", "1", "--runs-dir", str(runs),
+                    "--exp", "SUP", "--device", "cpu", "--no-progress")
+    line = next(l for l in result.stdout.splitlines() if "measures on predicted vs true masks" in l)
+    assert "gland count MAE" in line and "need eyelid masks" in line and "--eyelid-exp" in line
+    assert "nan" not in line and "kappa" not in line
+    summary = read_csv(runs / "SUP" / "test" / "clinical_summary.csv")[0]
+    assert int(summary["n_meiboscore"]) == 0
+    assert (runs / "SUP" / "test" / "bland_altman.png").is_file()
+    assert not (runs / "SUP" / "test" / "meiboscore_confusion.png").exists()     # no stale picture of a rerun
+    # the eyelid model of the same fold supplies the eyelid the data folder lacks
+    result = script("--mode", "seg", "--data-dir", str(plain), "--fold", "1", "--runs-dir", str(runs),
+                    "--exp", "SUP", "--eyelid-exp", "EYE", "--device", "cpu", "--no-progress")
+    summary = read_csv(runs / "SUP" / "test" / "clinical_summary.csv")[0]
+    assert int(summary["n_meiboscore"]) == int(summary["n_images"]) > 0
+    assert "need eyelid masks" not in result.stdout
 
 
 def test_predict_writes_measures_and_needs_an_eyelid_model_for_dropout(trained, tmp_path):
@@ -159,4 +195,42 @@ def test_report_says_when_kappa_is_undefined():
     assert len(lines) == 2 and all("quadratic kappa undefined (all in one grade)" in line for line in lines)
     assert "nan" not in " ".join(lines)
     summary["meiboscore_kappa"] = 0.4
-    assert "quadratic kappa 0.400 (2 images" in report_lines("EXP", summary, None)[0]
+    assert report_lines("EXP", summary, None)[0].endswith("quadratic kappa 0.400")
+    summary["n_meiboscore"] = 1
+    assert report_lines("EXP", summary, None)[0].endswith("quadratic kappa 0.400 (1 of 2 images with an eyelid)")
+
+
+def test_report_without_any_eyelid_says_what_is_missing_in_words():
+    summary = {"n_images": 3, "count_mae": 1.5, "gland_area_ratio_mae": math.nan, "dropout_mae": math.nan,
+               "meiboscore_accuracy": math.nan, "meiboscore_kappa": math.nan, "n_meiboscore": 0}
+    lines = report_lines("EXP", summary, grade_agreement([], {"a": 1}))
+    text = " ".join(lines)
+    assert "gland count MAE 1.50" in lines[0] and "nan" not in text and "undefined" not in text
+    assert "need eyelid masks" in lines[0] and "--eyelid-exp" in lines[0] and "none of the 3 test images" in lines[0]
+    assert "clinicians' grades cannot be compared" in lines[1]
+
+
+def test_calibration_applies_in_seg_and_predict(trained, tmp_path):
+    data, runs = trained
+    names = sorted(p.stem for p in (data / "Label").glob("*.png"))
+    grades = tmp_path / "grades.csv"
+    grades.write_text("".join(f"{n},{i % 4}\n" for i, n in enumerate(names)))
+    gland_measures.main([str(data / "Label"), "--eyelid-dir", str(data / "Eyelid"), "--calibrate", str(grades),
+                         "--output", str(tmp_path / "cal"), "--no-progress"])
+    calibration = tmp_path / "cal" / "meiboscore_calibration.json"
+    result = script("--mode", "seg", "--data-dir", str(data), "--fold", "1", "--runs-dir", str(runs), "--exp", "SUP",
+                    "--device", "cpu", "--no-progress", "--grades", str(grades), "--calibration", str(calibration))
+    summary = read_csv(runs / "SUP" / "test" / "clinical_summary.csv")[0]
+    assert summary["grades_score"] == "calibrated_meiboscore" and int(summary["grades_n"]) > 0
+    assert "calibrated meiboscore from predicted masks vs clinicians' grades" in result.stdout
+    common = ["--mode", "predict", "--exp", "SUP", "--fold", "1", "--runs-dir", str(runs), "--device", "cpu",
+              "--input", str(data / "Image"), "--no-progress", "--calibration", str(calibration)]
+    script(*common, "--output", str(tmp_path / "pred"), "--eyelid-exp", "EYE")
+    rows = read_csv(tmp_path / "pred" / "images.csv")
+    assert len(rows) == len(names) and all(r["calibrated_meiboscore"] in ("0", "1", "2", "3") for r in rows)
+    test_script = importlib.import_module("5fold_Test_Reg_or_Seg")        # the one-line errors, in process
+    with pytest.raises(InputError, match="--calibration needs --eyelid-exp"):
+        test_script.main([*common, "--output", str(tmp_path / "no_eyelid")])
+    with pytest.raises(InputError, match="pass both"):
+        test_script.main(["--mode", "seg", "--data-dir", str(data), "--fold", "1", "--runs-dir", str(runs),
+                          "--exp", "SUP", "--device", "cpu", "--calibration", str(calibration)])

@@ -20,6 +20,7 @@ from utils.clinical import measures as measures_mod
 from utils.errors import InputError
 from utils.evaluation.gland_overlay import LINE_COLOURS, draw_gland_overlay
 from utils.clinical.skeleton import fill_holes, longest_skeleton_path
+from utils.synthetic.generate import DROPOUT_CSV, generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,28 +243,131 @@ def comb(eyelid, keep=lambda k: True, rows=None, width=6, pitch=16):
     return glands
 
 
-def test_dropout_of_a_full_comb_is_about_zero():
+@pytest.mark.parametrize("definition", ["area", "span"])
+def test_dropout_of_a_full_comb_is_about_zero(definition):
     eyelid = rectangle_lid()        # width 200 columns -> L = 12: gaps of 10 columns are closed
-    lost = dropout_mod.dropout(comb(eyelid), eyelid)
+    lost = dropout_mod.dropout(comb(eyelid), eyelid, definition=definition)
     assert lost == pytest.approx(2 * 60 / 12000)    # only the 2 columns right of the last bar
     assert lost < 0.02
 
 
-def test_dropout_with_half_of_the_bars_missing_on_one_side():
+@pytest.mark.parametrize("definition", ["area", "span"])
+def test_dropout_with_half_of_the_bars_missing_on_one_side(definition):
     eyelid = rectangle_lid()
-    assert dropout_mod.dropout(comb(eyelid, keep=lambda k: k <= 6), eyelid) == pytest.approx(0.5, abs=0.05)
+    lost = dropout_mod.dropout(comb(eyelid, keep=lambda k: k <= 6), eyelid, definition=definition)
+    assert lost == pytest.approx(0.5, abs=0.05)
 
 
-def test_dropout_of_shortened_bars():
+def test_area_dropout_of_shortened_bars():
     eyelid = rectangle_lid()
-    lost = dropout_mod.dropout(comb(eyelid, rows=(56, 80)), eyelid)       # the lower 24 of 60 rows
+    lost = dropout_mod.dropout(comb(eyelid, rows=(56, 80)), eyelid, definition="area")  # the lower 24 of 60 rows
     assert lost == pytest.approx(1 - 198 * 24 / 12000)          # closed columns 10..207
 
 
 def test_dropout_gap_fraction_decides_which_gaps_count():
     eyelid = rectangle_lid()
-    assert dropout_mod.dropout(comb(eyelid), eyelid, gap_fraction=0.05) > 0.4   # L = 10 leaves 10-px gaps open
-    assert dropout_mod.dropout(comb(eyelid), eyelid, gap_fraction=0.055) < 0.02  # L = 11 closes them
+    for definition in ("area", "span"):
+        assert dropout_mod.dropout(comb(eyelid), eyelid, gap_fraction=0.05, definition=definition) > 0.4
+        assert dropout_mod.dropout(comb(eyelid), eyelid, gap_fraction=0.055, definition=definition) < 0.02
+
+
+# A tall eyelid (rows 20..139, 120 rows x 200 columns) whose healthy glands fill the upper half
+# (the margin side): real tarsal masks reach well beyond the glands.
+TALL = dict(shape=(160, 220), rows=(20, 140))
+
+
+def test_span_dropout_of_a_healthy_comb_in_a_tall_eyelid_is_about_zero():
+    eyelid = rectangle_lid(**TALL)
+    healthy = comb(eyelid, rows=(20, 80))
+    assert dropout_mod.dropout(healthy, eyelid) == pytest.approx(2 * 60 / (200 * 60))     # the 2 last columns
+    assert dropout_mod.dropout(healthy, eyelid, definition="area") == pytest.approx(1 - 198 * 60 / (200 * 120))
+    assert dropout_mod.dropout_and_extent(healthy, eyelid)[1] == pytest.approx(0.5)
+    longer = comb(eyelid, rows=(20, 104))                      # glands reaching 0.7 of the plate
+    assert dropout_mod.dropout_and_extent(longer, eyelid) == (pytest.approx(0.01), pytest.approx(0.7))
+
+
+def test_span_dropout_counts_missing_glands():
+    eyelid = rectangle_lid(**TALL)
+    half = comb(eyelid, keep=lambda k: k <= 6, rows=(20, 80))   # columns 10..111 of 10..209 kept
+    assert dropout_mod.dropout(half, eyelid) == pytest.approx(1 - 102 / 200)
+    assert dropout_mod.dropout(np.zeros_like(eyelid), eyelid) == 1.0
+
+
+def test_span_dropout_counts_shortened_glands_against_the_healthy_extent_floor():
+    eyelid = rectangle_lid(**TALL)
+    # every gland shortened to half of its healthy 60 rows: the lid's own reach (0.25) is below
+    # the floor (0.5), so the span stays the upper 60 rows and half of it is lost
+    shortened = comb(eyelid, rows=(20, 50))
+    assert dropout_mod.dropout_and_extent(shortened, eyelid) == (pytest.approx(1 - 198 * 30 / (200 * 60)),
+                                                                 pytest.approx(0.5))
+    # glands reaching 0.7 shortened to 0.35: the floor 0.5 is the span, 0.35 / 0.5 of it kept
+    assert dropout_mod.dropout(comb(eyelid, rows=(20, 62)), eyelid) == pytest.approx(1 - 198 * 42 / (200 * 60))
+    # a lower floor reads the shortened comb as healthy: the floor is what makes shortening count
+    assert dropout_mod.dropout(shortened, eyelid, healthy_extent=0.25) == pytest.approx(0.01)
+    # some glands shortened: the long ones set the extent
+    mixed = comb(eyelid, rows=(20, 80)) & ~comb(eyelid, keep=lambda k: k >= 7, rows=(50, 80))
+    assert dropout_mod.dropout(mixed, eyelid) == pytest.approx(1 - (102 * 60 + 96 * 30) / (200 * 60))
+
+
+def test_span_dropout_follows_the_margin_side():
+    eyelid = rectangle_lid(**TALL)
+    glands = comb(eyelid, rows=(20, 50)) | comb(eyelid, keep=lambda k: k <= 6, rows=(50, 80))
+    top = dropout_mod.dropout(glands, eyelid)
+    assert dropout_mod.dropout(glands[::-1], eyelid[::-1]) == pytest.approx(top)        # auto: bottom
+    assert dropout_mod.dropout(glands[::-1], eyelid[::-1], margin_side="bottom") == pytest.approx(top)
+    assert dropout_mod.dropout(glands, eyelid, margin_side="bottom") > top + 0.3        # the wrong edge
+
+
+def naive_span_dropout(glands, eyelid, side, floor, length):
+    """The span definition column by column (written independently of utils.clinical.dropout)."""
+    closed = reference_closing(glands, length)
+    columns, reach, weight = [], [], []
+    for col in range(eyelid.shape[1]):
+        rows = np.flatnonzero(eyelid[:, col])
+        if side == "bottom":
+            rows = rows[::-1]
+        columns.append(rows)
+        hit = [k + 1 for k, r in enumerate(rows) if glands[r, col]]
+        if hit:
+            reach.append(max(hit) / len(rows))
+            weight.append(len(rows))
+    order = np.argsort(reach, kind="stable")
+    cumulative = np.cumsum(np.asarray(weight, float)[order])
+    extent = min(1.0, max(floor, np.asarray(reach)[order][np.searchsorted(cumulative, 0.6 * cumulative[-1])]))
+    span = kept = 0
+    for col, rows in enumerate(columns):
+        for k, r in enumerate(rows, start=1):
+            if (k - 0.5) / len(rows) < extent:
+                span += 1
+                kept += bool(closed[r, col])
+    return 1 - kept / span
+
+
+@pytest.mark.parametrize("side, floor", [("top", 0.5), ("bottom", 0.5), ("top", 0.3)])
+def test_span_dropout_matches_a_naive_reference_on_a_curved_lid(side, floor):
+    height, width = 120, 300
+    yy, xx = np.mgrid[:height, :width]
+    u = (xx - 150) / 130.0
+    eyelid = (np.abs(u) <= 1) & (np.abs(yy - 60 - 15 * u ** 2) <= 35 * np.sqrt(np.clip(1 - u ** 6, 0, 1)))
+    rng = np.random.default_rng(4)
+    glands = np.zeros_like(eyelid)
+    for x0 in range(30, 280, 13):
+        if rng.random() < 0.8:
+            glands[25:int(rng.integers(35, 80)), x0:x0 + 5] = True
+    glands &= eyelid
+    if side == "bottom":
+        glands, eyelid = glands[::-1], eyelid[::-1]
+    length = dropout_mod.round_half_up(0.06 * eyelid.any(axis=0).sum())
+    expected = naive_span_dropout(glands, eyelid, side, floor, length)
+    assert dropout_mod.dropout(glands, eyelid, margin_side=side, healthy_extent=floor) == pytest.approx(expected, abs=1e-12)
+    assert dropout_mod.dropout(glands, eyelid, healthy_extent=floor) == pytest.approx(expected, abs=1e-12)  # auto
+
+
+def test_dropout_settings_are_checked():
+    eyelid = rectangle_lid()
+    for bad in (dict(definition="volume"), dict(healthy_extent=0.0), dict(healthy_extent=1.5), dict(gap_fraction=1.0)):
+        with pytest.raises(ValueError):
+            dropout_mod.dropout(comb(eyelid), eyelid, **bad)
 
 
 def test_dropout_without_eyelid_is_nan_and_the_scores_blank():
@@ -313,7 +417,7 @@ def test_dropout_matches_the_definition_on_a_curved_lid():
             glands[int(rng.integers(25, 60)):95, x0:x0 + 5] = True
     length = dropout_mod.round_half_up(0.06 * eyelid.any(axis=0).sum())
     expected = 1 - (eyelid & reference_closing(glands, length)).sum() / eyelid.sum()
-    assert dropout_mod.dropout(glands, eyelid) == pytest.approx(expected, abs=1e-12)
+    assert dropout_mod.dropout(glands, eyelid, definition="area") == pytest.approx(expected, abs=1e-12)
 
 
 def test_reaches_margin_with_tolerance_and_side():
@@ -498,7 +602,8 @@ def test_cli_help_and_one_line_errors():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0
     for flag in ("--eyelid-dir", "--pixel-size", "--min-area", "--output", "--split-ratio", "--gap-fraction",
-                 "--margin-side", "--margin-tolerance", "--no-progress"):
+                 "--margin-side", "--margin-tolerance", "--no-progress", "--dropout-definition", "--healthy-extent",
+                 "--calibrate", "--calibration", "--patient-regex", "--patient-csv", "--cv-folds", "--seed"):
         assert flag in run.stdout
     run = subprocess.run([sys.executable, "-m", "utils.gland_measures", "no/such/dir"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
@@ -515,9 +620,10 @@ def test_benchmark_runs_and_prints():
 
 def test_dropout_of_generated_lids_matches_their_known_dropout(tmp_path):
     """The synthetic generator knows each lid's dropout by construction (removed and shortened
-    glands); measured from its gland and eyelid masks it is within 5 points, at every grade."""
-    from utils.synthetic.generate import DROPOUT_CSV, generate_dataset
-    generate_dataset(tmp_path, patients=8, images_per_patient=2, size=(256, 128), seed=5, progress=False)
+    glands, eyelid masks reaching well beyond the glands as on real lids); measured from its
+    gland and eyelid masks it is within 5 points, at every grade."""
+    generate_dataset(tmp_path, patients=8, images_per_patient=2, size=(256, 128), seed=5, progress=False,
+                     grade_mix="even")
     with open(tmp_path / DROPOUT_CSV, newline="") as handle:
         truth = {row["name"]: float(row["dropout"]) for row in csv.DictReader(handle)}
     assert len(truth) == 16 and max(truth.values()) > 0.6 and min(truth.values()) < 0.05  # all grades seen

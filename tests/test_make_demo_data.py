@@ -1,4 +1,4 @@
-"""Tests of the synthetic meibography generator (utils/make_demo_data.py, utils/demo_realistic.py)."""
+"""Tests of the synthetic meibography generator (utils/make_demo_data.py, utils/synthetic/)."""
 from __future__ import annotations
 
 import csv
@@ -44,6 +44,30 @@ def estimated_dropout(glands: np.ndarray, eyelid: np.ndarray, fraction: float = 
     closed = cv2.erode(cv2.dilate(padded, line, anchor=(length // 2, 0)), line,
                        anchor=(length - 1 - length // 2, 0))[:, length:-length] > 0
     return 1.0 - float((closed & eyelid).sum()) / float(eyelid.sum())
+
+
+def estimated_span_dropout(glands: np.ndarray, eyelid: np.ndarray, fraction: float = 0.06,
+                           floor: float = 0.5) -> float:
+    """The span definition (utils.clinical.dropout, written here independently) with the
+    margin on top: per column the eyelid pixels ranked from the top; the span is the upper
+    ``h`` of each column, ``h`` the 60th percentile (columns weighted by their eyelid pixel
+    count) of the columns' gland reach, at least ``floor``; the closed glands' share of it."""
+    eyelid, glands = eyelid.astype(bool), glands.astype(bool)
+    length = int(np.floor(fraction * eyelid.any(axis=0).sum() + 0.5))
+    padded = np.pad(glands.astype(np.uint8), ((0, 0), (length, length)))
+    line = np.ones((1, length), np.uint8)
+    closed = cv2.erode(cv2.dilate(padded, line, anchor=(length // 2, 0)), line,
+                       anchor=(length - 1 - length // 2, 0))[:, length:-length] > 0
+    depth = eyelid.sum(axis=0)
+    rank = np.cumsum(eyelid, axis=0) * eyelid
+    reach = (rank * glands).max(axis=0)
+    cols = reach > 0
+    ratio = reach[cols] / depth[cols]
+    order = np.argsort(ratio, kind="stable")
+    weight = np.cumsum(depth[cols][order])
+    extent = max(floor, ratio[order][np.searchsorted(weight, 0.6 * weight[-1])])
+    span = eyelid & (rank - 0.5 < extent * depth)
+    return 1.0 - float((closed & span).sum()) / float(span.sum())
 
 
 @pytest.fixture(scope="module")
@@ -242,16 +266,23 @@ def test_random_affine_is_a_small_motion():
 
 # ------------------------------------------------------------------------------- realistic style
 
-def test_realistic_glands_lie_inside_the_eyelid_and_run_nearly_its_full_height():
+def test_realistic_glands_lie_inside_the_eyelid_and_fill_its_margin_side():
+    """As on real lids, the eyelid (tarsal) mask reaches well beyond the glands of a healthy
+    lid: they fill its margin half, cover about a third of it and stop short of its far edge."""
     healthy = demo.generate_patient(demo.patient_rng(1, 1), (256, 128), 3, dropout_range=(0.0, 0.0))
     assert healthy["canonical_dropout"] < 0.05
-    for mask, lid, region, true in zip(healthy["masks"], healthy["lid_masks"],
-                                       healthy["region_masks"], healthy["dropout"]):
+    for mask, lid, region, span, true in zip(healthy["masks"], healthy["lid_masks"], healthy["region_masks"],
+                                             healthy["span_masks"], healthy["dropout"]):
         assert np.all(lid[mask > 0] == 1)
         assert 0.08 < lid.mean() < 0.6
-        assert true < 0.05                                   # no dropout: R fills the eyelid
-        assert estimated_dropout(mask, lid) < 0.08
-        assert true == pytest.approx(1 - (region & lid).sum() / lid.sum())
+        assert true < 0.05                                   # no dropout: R fills the healthy span
+        assert estimated_span_dropout(mask, lid) < 0.05
+        assert 0.25 < mask.sum() / lid.sum() < 0.45          # healthy glands cover about a third
+        assert 0.35 < estimated_dropout(mask, lid) < 0.6     # the whole-eyelid (area) reading is far off
+        assert 0.4 < span.sum() / lid.sum() < 0.7            # the span: the margin half of the plate
+        rank = np.cumsum(lid, axis=0) * lid                  # eyelid pixels ranked from the margin (top)
+        assert np.quantile(rank[mask > 0] / lid.sum(axis=0)[np.nonzero(mask)[1]], 0.99) < 0.75
+        assert true == pytest.approx(1 - (region & span).sum() / span.sum())
 
 
 def test_high_dropout_leaves_more_of_the_eyelid_gland_free():
@@ -261,7 +292,7 @@ def test_high_dropout_leaves_more_of_the_eyelid_gland_free():
     assert severe["dropout_level"] == 0.8
     assert severe["canonical_dropout"] == pytest.approx(0.8, abs=0.02)
     for k in range(2):
-        free = [1 - (d["masks"][k] & d["lid_masks"][k]).sum() / d["lid_masks"][k].sum()
+        free = [1 - (d["masks"][k] & d["span_masks"][k]).sum() / d["span_masks"][k].sum()
                 for d in (none, severe)]
         assert free[1] > free[0] + 0.3
         assert severe["dropout"][k] == pytest.approx(0.8, abs=0.06)
@@ -270,14 +301,15 @@ def test_high_dropout_leaves_more_of_the_eyelid_gland_free():
 
 @pytest.mark.parametrize("size, patients", [((256, 128), 8), ((740, 350), 4)])
 def test_true_dropout_agrees_with_the_mask_estimate(size, patients):
-    """The estimate from gland and eyelid masks (closing over 6 % of the eyelid width)
-    matches the generator's geometric truth, from no to severe dropout."""
+    """The span estimate from gland and eyelid masks (closing over 6 % of the eyelid width,
+    the span from the lid's own glands) matches the generator's geometric truth, from no to
+    severe dropout."""
     errors = []
     for patient in range(1, patients + 1):
         grade = realistic.GRADE_RANGES[(patient - 1) % 4]
         data = demo.generate_patient(demo.patient_rng(11, patient), size, 2, dropout_range=grade)
         for mask, lid, true in zip(data["masks"], data["lid_masks"], data["dropout"]):
-            errors.append(estimated_dropout(mask, lid) - true)
+            errors.append(estimated_span_dropout(mask, lid) - true)
     assert np.abs(errors).max() <= 0.05
     assert abs(np.mean(errors)) <= 0.03
 
@@ -308,7 +340,8 @@ def test_text_overlay_changes_pixels_in_its_corner_only(monkeypatch):
             box = np.zeros_like(changed)
             box[corners[acquisition["text"]]] = True
             assert changed[box].sum() > 40 and not changed[~box].any()
-            assert image[changed].mean() > plain[changed].mean() + 0.2     # bright text
+            assert image[changed].mean() > plain[changed].mean() + 0.15    # bright text:
+            assert (image[changed] > plain[changed]).mean() > 0.9            # it brightens what it covers
     assert 2 <= seen < 16
 
 
@@ -351,13 +384,26 @@ def test_skin_and_eyelashes_raise_texture_above_the_lid():
     assert energy["realistic"] > 2.0 * energy["simple"]
 
 
-def test_realistic_patients_cycle_through_the_grades(tmp_path):
+def test_even_grade_mix_cycles_through_the_grades(tmp_path):
     demo.generate_dataset(tmp_path / "d", patients=4, images_per_patient=2, size=(256, 128),
-                          seed=0, progress=False)
+                          seed=0, progress=False, grade_mix="even")
     with open(tmp_path / "d" / demo.DROPOUT_CSV, newline="") as handle:
         rows = list(csv.DictReader(handle))
     grades = [int(r["meiboscore"]) for r in rows]
     assert grades == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_real_grade_mix_has_the_shares_of_clinicians_grades(seed):
+    """Over any run of patients the grades come in about MGD-1k's shares (21 / 58 / 17 / 3 %)."""
+    assert sum(realistic.GRADE_SHARES) == pytest.approx(1.0)
+    for first, count in ((1, 100), (37, 30)):
+        grades = [demo.dataset_grade(seed, p) for p in range(first, first + count)]
+        shares = np.bincount(grades, minlength=4) / count
+        assert np.abs(shares - realistic.GRADE_SHARES).max() <= 1.5 / count + 0.02
+    assert [demo.dataset_grade(seed, p, "even") for p in range(1, 6)] == [0, 1, 2, 3, 0]
+    assert demo.dataset_grade(seed, 5) == demo.dataset_grade(seed, 5)
+    assert [demo.dataset_grade(seed, p) for p in range(1, 30)] != [demo.dataset_grade(seed + 1, p) for p in range(1, 30)]
 
 
 # ------------------------------------------------------------------------------- files and CLI
@@ -396,7 +442,7 @@ def test_dataset_files_names_sizes_and_content(tmp_path, style):
     assert names == expected
     for sub in ("Image", "Label", "Eyelid"):
         assert sorted(p.stem for p in (tmp_path / "d" / sub).iterdir()) == expected
-    grades = realistic.GRADE_RANGES[1] if style == "realistic" else None
+    grades = realistic.GRADE_RANGES[demo.dataset_grade(4, 2)] if style == "realistic" else None
     reference = demo.generate_patient(demo.patient_rng(4, 2), (width, height), 3, style, grades)
     image = cv2.imread(str(tmp_path / "d" / "Image" / "P002_3.png"), cv2.IMREAD_UNCHANGED)
     label = cv2.imread(str(tmp_path / "d" / "Label" / "P002_3.png"), cv2.IMREAD_UNCHANGED)
@@ -426,7 +472,7 @@ def test_dropout_csv_rows_values_and_grades(tmp_path):
         assert 0.0 <= value <= 1.0
         assert grade == (0 if value < 0.05 else 1 if value < 1 / 3 else 2 if value <= 2 / 3 else 3)
     reference = demo.generate_patient(demo.patient_rng(2, 3), (96, 48), 2,
-                                      dropout_range=realistic.GRADE_RANGES[2])
+                                      dropout_range=realistic.GRADE_RANGES[demo.dataset_grade(2, 3)])
     assert float(rows[4]["dropout"]) == pytest.approx(reference["dropout"][0], abs=1e-6)
 
 
@@ -483,6 +529,8 @@ def test_existing_data_needs_overwrite_which_only_replaces_demo_files(tmp_path):
     (["--dropout", "-0.1", "0.2"], "--dropout"),
     (["--dropout", "0.2", "1.5"], "--dropout"),
     (["--style", "simple", "--dropout", "0.1", "0.2"], "--dropout"),
+    (["--grade-mix", "odd"], "--grade-mix"),
+    (["--style", "simple", "--grade-mix", "even"], "--grade-mix"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
@@ -512,7 +560,7 @@ def test_module_help_and_bad_args_via_python_m(tmp_path):
     help_run = subprocess.run([sys.executable, "-m", "utils.make_demo_data", "--help"], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
     assert help_run.returncode == 0
-    for flag in ("--patients", "--images-per-patient", "--size", "--seed", "--style", "--dropout",
+    for flag in ("--patients", "--images-per-patient", "--size", "--seed", "--style", "--dropout", "--grade-mix",
                  "--overwrite", "--no-progress", "DATA_DIR"):
         assert flag in help_run.stdout
     bad = subprocess.run([sys.executable, "-m", "utils.make_demo_data", str(tmp_path / "d"),

@@ -2,7 +2,7 @@
 
     python -m utils.make_demo_data DATA_DIR [--patients P] [--images-per-patient N]
                                    [--size W H] [--seed S] [--style realistic|simple]
-                                   [--dropout LO HI] [--overwrite]
+                                   [--dropout LO HI] [--grade-mix real|even] [--overwrite]
 
 The generator is :mod:`utils.synthetic.generate` (what is drawn, and the file layout).
 """
@@ -15,8 +15,9 @@ from typing import Sequence
 
 from utils.cli import OneLineErrorParser
 from utils.errors import run_cli
-from utils.synthetic.generate import (DEFAULT_IMAGES_PER_PATIENT, DEFAULT_PATIENTS, DEFAULT_SEED, DEFAULT_SIZE,
-                                      DEFAULT_STYLE, DROPOUT_CSV, MAX_SIDE, MIN_SIDE, generate_dataset)
+from utils.synthetic.generate import (DEFAULT_GRADE_MIX, DEFAULT_IMAGES_PER_PATIENT, DEFAULT_PATIENTS, DEFAULT_SEED,
+                                      DEFAULT_SIZE, DEFAULT_STYLE, DROPOUT_CSV, GRADE_MIXES, MAX_SIDE, MIN_SIDE,
+                                      generate_dataset)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dropout", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                         help="realistic style: draw every patient's dropout level (fraction of "
                              "the eyelid without glands) uniformly from LO..HI, 0 <= LO <= HI <= 1 "
-                             "(default: patients cycle through none, mild, moderate and severe "
-                             "dropout)")
+                             "(default: a grade per patient, see --grade-mix, then a level in it)")
+    parser.add_argument("--grade-mix", default=None, metavar="{" + ",".join(GRADE_MIXES) + "}",
+                        help="realistic style: the patients' dropout grades (none, mild, moderate, "
+                             "severe). real (default): in the shares of clinicians' meiboscores on "
+                             "public upper-lid meibography, 21/58/17/3 %%; even: the patients cycle "
+                             f"through the four grades (default {DEFAULT_GRADE_MIX})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo set in DATA_DIR (only P###_k.png files in "
                              "Image/, Label/ and Eyelid/ and dropout.csv are deleted; anything "
@@ -67,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = generate_dataset(out_dir, patients=args.patients,
                              images_per_patient=args.images_per_patient, size=tuple(args.size),
                              seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite,
-                             style=args.style, dropout_range=args.dropout)
+                             style=args.style, dropout_range=args.dropout, grade_mix=args.grade_mix)
     written = [f"{out_dir}/{sub}" for sub in ("Image", "Label", "Eyelid")]
     if args.style == "realistic":
         written.append(f"{out_dir}/{DROPOUT_CSV}")

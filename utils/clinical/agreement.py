@@ -1,50 +1,44 @@
 """Agreement between two raters (or a model and a rater) on per-image clinical measures.
 
 :func:`confusion_matrix` and :func:`weighted_kappa` (Cohen's kappa with none, linear or
-quadratic disagreement weights, written out with numpy: a few lines do not earn a
-scikit-learn dependency) on categorical grades such as the meiboscore;
-:func:`agreement_table` pairs per-image rows of measures (``utils.clinical.measures``) by
-name and summarises their differences.
+quadratic disagreement weights) on categorical grades such as the meiboscore: scikit-learn's
+``confusion_matrix`` and ``cohen_kappa_score`` behind a check of the categories, with NaN
+(no warning) where kappa is undefined; :func:`agreement_table` pairs per-image rows of
+measures (``utils.clinical.measures``) by name and summarises their differences.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from sklearn import metrics
+from sklearn.exceptions import UndefinedMetricWarning
+
+KAPPA_WEIGHTS = (None, "linear", "quadratic")
 
 
-def _category_index(values: Sequence[Any], categories: Sequence[Any], which: str) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(categories)}
-    if len(lookup) != len(categories):
+def _check_ratings(a: Sequence[Any], b: Sequence[Any], categories: Sequence[Any]) -> None:
+    """ValueError for unequal lengths, repeated categories or values outside ``categories``."""
+    if len(a) != len(b):
+        raise ValueError(f"the two ratings differ in length: {len(a)} and {len(b)}")
+    if len(set(categories)) != len(categories):
         raise ValueError(f"categories must be distinct, got {list(categories)}")
-    unknown = [v for v in values if v not in lookup]
-    if unknown:
-        raise ValueError(f"{which} holds values outside the categories {list(categories)}: {unknown[:5]}")
-    return np.asarray([lookup[v] for v in values], dtype=np.int64)
+    known = set(categories)
+    for which, values in (("a", a), ("b", b)):
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise ValueError(f"{which} holds values outside the categories {list(categories)}: {unknown[:5]}")
 
 
 def confusion_matrix(a: Sequence[Any], b: Sequence[Any], categories: Sequence[Any]) -> np.ndarray:
     """int64 ``[K, K]``: entry ``[i, j]`` counts items rated ``categories[i]`` by ``a`` and
     ``categories[j]`` by ``b``. ValueError for unequal lengths or unknown values."""
-    if len(a) != len(b):
-        raise ValueError(f"the two ratings differ in length: {len(a)} and {len(b)}")
-    i, j = _category_index(a, categories, "a"), _category_index(b, categories, "b")
-    k = len(categories)
-    return np.bincount(i * k + j, minlength=k * k).reshape(k, k)
-
-
-def _disagreement_weights(k: int, weights: str | None) -> np.ndarray:
-    i, j = np.indices((k, k))
-    if weights is None:
-        return (i != j).astype(np.float64)
-    if k < 2:
-        return np.zeros((k, k))
-    if weights == "linear":
-        return np.abs(i - j) / (k - 1)
-    if weights == "quadratic":
-        return (i - j) ** 2 / (k - 1) ** 2
-    raise ValueError(f"weights must be 'quadratic', 'linear' or None, got {weights!r}")
+    _check_ratings(a, b, categories)
+    if not len(a):
+        return np.zeros((len(categories), len(categories)), dtype=np.int64)
+    return metrics.confusion_matrix(list(a), list(b), labels=list(categories)).astype(np.int64)
 
 
 def weighted_kappa(a: Sequence[Any], b: Sequence[Any], categories: Sequence[Any],
@@ -52,21 +46,25 @@ def weighted_kappa(a: Sequence[Any], b: Sequence[Any], categories: Sequence[Any]
     """Cohen's kappa of two ratings of the same items, optionally weighted.
 
     ``categories``: the ordered categories (their positions are the ranks);
-    ``weights``: "quadratic" (disagreement ``(i - j)^2 / (K - 1)^2``), "linear"
-    (``|i - j| / (K - 1)``) or None (unweighted: 1 off the diagonal). With ``O`` the
-    observed and ``E`` the chance-expected (outer product of the marginals) proportions,
-    ``kappa = 1 - sum(w O) / sum(w E)``. NaN when ``sum(w E) = 0`` (e.g. both ratings use
-    one and the same category); ValueError for no items.
+    ``weights``: "quadratic" (disagreement ``(i - j)^2``), "linear" (``|i - j|``) or None
+    (unweighted: 1 off the diagonal). With ``O`` the observed and ``E`` the chance-expected
+    (outer product of the marginals) proportions, ``kappa = 1 - sum(w O) / sum(w E)``
+    (scikit-learn's ``cohen_kappa_score``). NaN when ``sum(w E) = 0`` (e.g. both ratings use
+    one and the same category); ValueError for no items, unknown values or weights.
     """
-    observed = confusion_matrix(a, b, categories).astype(np.float64)
-    total = observed.sum()
-    if total == 0:
+    if weights not in KAPPA_WEIGHTS:
+        raise ValueError(f"weights must be 'quadratic', 'linear' or None, got {weights!r}")
+    _check_ratings(a, b, categories)
+    if not len(a):
         raise ValueError("kappa needs at least one rated item")
-    observed /= total
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0))
-    w = _disagreement_weights(len(categories), weights)
-    chance = float((w * expected).sum())
-    return 1.0 - float((w * observed).sum()) / chance if chance > 0 else math.nan
+    ranks = {c: i for i, c in enumerate(categories)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        kappa = metrics.cohen_kappa_score([ranks[v] for v in a], [ranks[v] for v in b],
+                                          labels=list(range(len(categories))), weights=weights,
+                                          replace_undefined_by=math.nan)
+    return float(kappa) if np.isfinite(kappa) else math.nan
 
 
 def _number(value: Any) -> float:

@@ -42,6 +42,17 @@ def margin_pixels(eyelid: Any, side: str) -> np.ndarray:
     margin[rows, columns] = True
     return margin
 
+def margin_ranks(eyelid: Any, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(ranks, extent)``: ``ranks`` int32 ``[H, W]`` numbers the eyelid pixels of each column
+    1 .. d from the lid margin on ``side`` ("top" or "bottom"), 0 off the eyelid; ``extent``
+    int ``[W]`` is each column's eyelid pixel count d."""
+    if side not in MARGIN_SIDES:
+        raise ValueError(f"margin side must be one of {MARGIN_SIDES}, got {side!r}")
+    eyelid = as_mask(eyelid)
+    flipped = eyelid[::-1] if side == "bottom" else eyelid
+    ranks = np.cumsum(flipped, axis=0, dtype=np.int32) * flipped
+    return (ranks[::-1] if side == "bottom" else ranks), eyelid.sum(axis=0)
+
 def margin_distance_map(eyelid: Any, side: str) -> np.ndarray | None:
     """float32 ``[H, W]`` Euclidean distance (pixels) to the nearest lid-margin pixel, or
     None when the eyelid mask is empty."""

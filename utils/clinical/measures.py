@@ -3,9 +3,11 @@
 Per image (:class:`ImageMeasures`, ``images.csv``), with ``G`` the gland mask as given
 and ``E`` the eyelid mask: ``gland_count`` and the medians of the per-gland measures
 use the glands of :mod:`utils.clinical.glands`; ``gland_area = |G|``; ``eyelid_area =
-|E|``; ``gland_area_ratio = |G & E| / |E|`` (Saha et al. 2022); ``dropout``,
-``meiboscore`` and ``meibo_scale`` (:mod:`utils.clinical.dropout`); ``margin_side`` (the
-lid edge used as the margin, :mod:`utils.clinical.eyelid`). Without an eyelid mask (or
+|E|``; ``gland_area_ratio = |G & E| / |E|`` (Saha et al. 2022); ``dropout`` (by the chosen
+definition), ``healthy_extent`` (the lid's ``h`` of the span definition), ``meiboscore`` and
+``meibo_scale`` (:mod:`utils.clinical.dropout`); ``margin_side`` (the lid edge used as the
+margin, :mod:`utils.clinical.eyelid`, also the dropout's); ``share_reaching_margin`` (the
+share of the glands that reach the margin). Without an eyelid mask (or
 with an empty one) the eyelid-dependent values are NaN (floats) or None (scores).
 
 The command ``python -m utils.gland_measures`` measures a folder; agreement of these
@@ -23,15 +25,24 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloaders.dataset import LABEL_EXTS, read_label
-from utils.clinical.dropout import DEFAULT_GAP_FRACTION, dropout, meibo_scale, meiboscore
+from utils.clinical.dropout import (DEFAULT_DROPOUT_DEFINITION, DEFAULT_GAP_FRACTION, DEFAULT_HEALTHY_EXTENT,
+                                    check_dropout_settings, dropout_and_extent, meibo_scale, meiboscore)
 from utils.clinical.eyelid import DEFAULT_MARGIN_TOLERANCE, MARGIN_SIDES, margin_distances, set_margin_fields
 from utils.clinical.glands import (DEFAULT_MIN_AREA, DEFAULT_SPLIT_RATIO, Gland, as_mask, measure_glands,
                                    split_glands)
 from utils.errors import InputError
 
 IMAGE_COLUMNS = ("name", "gland_count", "gland_area", "eyelid_area", "gland_area_ratio", "dropout",
-                 "meiboscore", "meibo_scale", "median_length", "median_width", "median_tortuosity",
-                 "margin_side")
+                 "healthy_extent", "meiboscore", "meibo_scale", "median_length", "median_width",
+                 "median_tortuosity", "share_reaching_margin", "margin_side")
+
+
+def default_settings(pixel_size: float = 1.0) -> dict[str, Any]:
+    """The keyword arguments of :func:`measure_image` at their defaults (what a calibration
+    records and checks), with ``pixel_size``."""
+    return {"pixel_size": pixel_size, "min_area": DEFAULT_MIN_AREA, "split_ratio": DEFAULT_SPLIT_RATIO,
+            "gap_fraction": DEFAULT_GAP_FRACTION, "margin_side": "auto", "margin_tolerance": DEFAULT_MARGIN_TOLERANCE,
+            "dropout_definition": DEFAULT_DROPOUT_DEFINITION, "healthy_extent": DEFAULT_HEALTHY_EXTENT}
 
 
 @dataclass
@@ -45,11 +56,13 @@ class ImageMeasures:
     eyelid_area: float
     gland_area_ratio: float
     dropout: float
+    healthy_extent: float
     meiboscore: int | None
     meibo_scale: int | None
     median_length: float
     median_width: float
     median_tortuosity: float
+    share_reaching_margin: float
     margin_side: str | None
     glands: list[Gland] = field(repr=False)
     labels: np.ndarray = field(repr=False)
@@ -62,29 +75,32 @@ def _median(values: Iterable[float]) -> float:
     values = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
     return float(np.median(values)) if values.size else math.nan
 
-def _eyelid_values(glands: np.ndarray, eyelid: np.ndarray | None, pixel_size: float,
-                   gap_fraction: float) -> tuple[float, float, float]:
-    """(eyelid_area, gland_area_ratio, dropout); NaN for a missing or empty eyelid."""
+def _eyelid_values(glands: np.ndarray, eyelid: np.ndarray | None, side: str | None, pixel_size: float,
+                   dropout_settings: dict[str, Any]) -> tuple[float, float, float, float]:
+    """(eyelid_area, gland_area_ratio, dropout, healthy_extent); NaN for a missing or empty eyelid."""
     if eyelid is None or not eyelid.any():
-        return math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, math.nan
     area = int(np.count_nonzero(eyelid))
     ratio = np.count_nonzero(glands & eyelid) / area
-    return float(area) * pixel_size ** 2, float(ratio), dropout(glands, eyelid, gap_fraction)
+    lost, extent = dropout_and_extent(glands, eyelid, margin_side=side or "top", **dropout_settings)
+    return float(area) * pixel_size ** 2, float(ratio), lost, extent
 
 def measure_image(gland_mask: Any, eyelid_mask: Any | None = None, *, pixel_size: float = 1.0,
                   min_area: int = DEFAULT_MIN_AREA, split_ratio: float = DEFAULT_SPLIT_RATIO,
                   gap_fraction: float = DEFAULT_GAP_FRACTION, margin_side: str = "auto",
-                  margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE) -> ImageMeasures:
+                  margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE,
+                  dropout_definition: str = DEFAULT_DROPOUT_DEFINITION,
+                  healthy_extent: float = DEFAULT_HEALTHY_EXTENT) -> ImageMeasures:
     """All measures of one image (module docstring).
 
     ``gland_mask``, ``eyelid_mask``: ``[H, W]`` masks of one shape (eyelid optional);
     ``pixel_size``: mm per pixel (1 = pixel units); ``min_area`` and
-    ``margin_tolerance``: pixels at the masks' resolution.
+    ``margin_tolerance``: pixels at the masks' resolution; ``dropout_definition``
+    ("span" or "area"), ``gap_fraction`` and ``healthy_extent``: :mod:`utils.clinical.dropout`.
     """
     if not pixel_size > 0:
         raise ValueError(f"pixel_size must be > 0, got {pixel_size}")
-    if not 0 < gap_fraction < 1:
-        raise ValueError(f"gap_fraction must be in (0, 1), got {gap_fraction}")
+    check_dropout_settings(dropout_definition, gap_fraction, healthy_extent)
     if margin_side not in ("auto",) + MARGIN_SIDES:
         raise ValueError(f"margin_side must be 'auto', 'top' or 'bottom', got {margin_side!r}")
     glands = as_mask(gland_mask)
@@ -96,14 +112,17 @@ def measure_image(gland_mask: Any, eyelid_mask: Any | None = None, *, pixel_size
     side, distances = (None, None) if eyelid is None else margin_distances(labels, eyelid, margin_side)
     if distances is not None:
         set_margin_fields(found, distances, margin_tolerance, pixel_size)
-    eyelid_area, ratio, lost = _eyelid_values(glands, eyelid, pixel_size, gap_fraction)
+    settings = {"definition": dropout_definition, "gap_fraction": gap_fraction, "healthy_extent": healthy_extent}
+    eyelid_area, ratio, lost, extent = _eyelid_values(glands, eyelid, side, pixel_size, settings)
+    reaching = [g.reaches_margin for g in found if g.reaches_margin is not None]
     return ImageMeasures(
         gland_count=len(found), gland_area=float(np.count_nonzero(glands)) * pixel_size ** 2,
-        eyelid_area=eyelid_area, gland_area_ratio=ratio, dropout=lost,
+        eyelid_area=eyelid_area, gland_area_ratio=ratio, dropout=lost, healthy_extent=extent,
         meiboscore=meiboscore(lost), meibo_scale=meibo_scale(lost),
         median_length=_median(g.length for g in found), median_width=_median(g.mean_width for g in found),
-        median_tortuosity=_median(g.tortuosity for g in found), margin_side=side, glands=found,
-        labels=labels)
+        median_tortuosity=_median(g.tortuosity for g in found),
+        share_reaching_margin=float(np.mean(reaching)) if reaching else math.nan, margin_side=side,
+        glands=found, labels=labels)
 
 def mask_files(folder: Path, what: str) -> dict[str, Path]:
     """``{stem: path}`` of the mask files (png) of a folder, sorted by name."""

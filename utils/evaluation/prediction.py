@@ -9,7 +9,8 @@ measures of :mod:`utils.clinical.measures` are computed from the two masks.
 Outputs of :func:`predict_folder` in ``OUT_DIR``: ``masks/<name>.png`` (glands, 0/255),
 ``eyelid_masks/<name>.png`` (with eyelid models), ``overlays/<name>.png`` (glands
 tinted, eyelid outline, centre lines and gland numbers), ``gland_area.csv``,
-``glands.csv`` (one row per gland) and ``images.csv`` (one row per image).
+``glands.csv`` (one row per gland) and ``images.csv`` (one row per image; with a
+calibration, :mod:`utils.clinical.calibration`, also ``calibrated_meiboscore``).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from networks.segmentation_net import SegmentationNet
 from utils.errors import InputError
 from utils.evaluation.loops import segment_probabilities
 from utils.files import write_csv, write_png
+from utils.clinical.calibration import CALIBRATED_COLUMN, MeiboscoreCalibration, add_calibrated
 from utils.clinical.glands import GLAND_COLUMNS
 from utils.clinical.measures import IMAGE_COLUMNS, measure_image
 from utils.evaluation.gland_overlay import draw_gland_overlay
@@ -84,7 +86,8 @@ def check_targets(models: Sequence[FoldModel], target: str, flag: str) -> None:
 
 def predict_folder(files: Sequence[Path], out_dir: Path, models: Sequence[FoldModel],
                    eyelid_models: Sequence[FoldModel], device: torch.device, amp: bool = False,
-                   pixel_size: float = 1.0, progress: bool = True) -> int:
+                   pixel_size: float = 1.0, progress: bool = True,
+                   calibration: MeiboscoreCalibration | None = None) -> int:
     """Segment ``files`` and write the outputs listed in the module docstring; returns the count."""
     area_rows, gland_rows, image_rows = [], [], []
     for path in tqdm(files, desc="predict", disable=not progress):
@@ -103,5 +106,6 @@ def predict_folder(files: Sequence[Path], out_dir: Path, models: Sequence[FoldMo
         image_rows.append(measures.row(path.stem))
     write_csv(out_dir / "gland_area.csv", area_rows, ["name", "height", "width", "gland_pixels", "gland_fraction"])
     write_csv(out_dir / "glands.csv", gland_rows, GLAND_COLUMNS)
-    write_csv(out_dir / "images.csv", image_rows, IMAGE_COLUMNS)
+    add_calibrated(image_rows, calibration)
+    write_csv(out_dir / "images.csv", image_rows, IMAGE_COLUMNS + ((CALIBRATED_COLUMN,) if calibration else ()))
     return len(area_rows)

@@ -19,19 +19,22 @@ Styles:
   some missing); per image gain, gamma, vignetting, noise and a few highlights. The eyelid
   mask is the band. Unchanged from the first version of this module for a seed and size.
 - ``realistic`` (default; :mod:`utils.synthetic.realistic`): the tarsal plate of an everted
-  upper lid (lid margin at its top edge) with 20-30 long glands of low, uneven contrast
-  running from the margin to near the far edge, lobulated and tortuous, on a textured
+  upper lid (lid margin at its top edge) with 20-30 glands of low, uneven contrast
+  running from the margin through about half the plate, lobulated and tortuous, on a textured
   plate with faint vessels; skin with wrinkles and pores and eyelashes above the margin,
   the dark eye below; specular glints along the margin. Each patient gets a dropout level
-  (patient ``i`` by default from ``GRADE_RANGES[(i - 1) % 4]``: none, mild, moderate,
-  severe): glands are removed or shortened over contiguous spans of the lid. Per image:
+  (a grade, none, mild, moderate or severe, with the shares of clinicians' grades on public
+  upper-lid meibography, ``GRADE_SHARES``, then a level in ``GRADE_RANGES``; see
+  :func:`dataset_grade`): glands are removed or shortened over contiguous spans of the
+  lid. Per image:
   exposure, vignetting, varying defocus, sometimes motion blur, noise, sometimes an
   examiner's fingertip or a cotton swab (left out of the eyelid and gland masks), and for
   some patients on-screen text in a corner; deformations are larger and more local than
-  the simple style's. The eyelid mask is the tarsal plate ``E``; ``dropout`` is the
-  geometric truth ``1 - |R & E| / |E|`` on the image's pixels, ``R`` the gland-bearing
-  strips (see :mod:`utils.synthetic.realistic`), and ``meiboscore`` its Arita grade
-  (:func:`utils.clinical.dropout.meiboscore`).
+  the simple style's. The eyelid mask is the tarsal plate ``E``, which, as on real lids,
+  reaches well beyond the glands (healthy glands fill its margin half); ``dropout`` is the
+  geometric truth ``1 - |R & S| / |S|`` on the image's pixels, ``R`` the gland-bearing
+  strips and ``S`` the healthy span (see :mod:`utils.synthetic.realistic`), and
+  ``meiboscore`` its Arita grade (:func:`utils.clinical.dropout.meiboscore`).
 
 Geometry of image ``k`` (both styles; size ``W x H``; ``A_k`` = ``matrices[k]``, 2x3, OpenCV
 inverse-map convention; ``e_k`` = ``fields[k]``, ``[2, H, W]`` pixels, channel 0 = row,
@@ -55,7 +58,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from utils.synthetic.realistic import GRADE_RANGES, generate_realistic_patient
+from utils.synthetic.realistic import GRADE_RANGES, GRADE_SHARES, generate_realistic_patient
 from utils.synthetic.simple import generate_simple_patient
 from utils.errors import InputError
 from utils.files import write_csv, write_png
@@ -70,6 +73,9 @@ DEMO_FILE = re.compile(r"P\d{3,}_\d+\.png")
 STYLES = ("realistic", "simple")
 DEFAULT_STYLE = "realistic"
 DROPOUT_CSV = "dropout.csv"
+GRADE_MIXES = ("real", "even")
+DEFAULT_GRADE_MIX = "real"
+GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
 # ---------------------------------------------------------------------------------------------
 # names
@@ -97,7 +103,7 @@ def generate_patient(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_S
     - ``"images"``: float32 ``[H, W]`` in [0, 1] (what is saved, before 8-bit rounding);
     - ``"masks"``: uint8 ``[H, W]`` in {0, 1}, the glands;
     - ``"lid_masks"``: uint8 ``[H, W]`` in {0, 1}, the eyelid mask (simple: the lid band;
-      realistic: the tarsal plate where the glands lie, less any occluder);
+      realistic: the tarsal plate, whose margin half the glands fill, less any occluder);
     - ``"matrices"``: 2x3 float64 ``A_k`` (frame pixel -> canonical point, OpenCV inverse-map
       convention); ``"fields"``: float32 ``[2, H, W]`` elastic fields ``e_k`` (pixels,
       channel 0 = row). Image k is ``canonical(A_k @ (p + e_k(p)))``, see the module docstring;
@@ -122,10 +128,28 @@ def patient_rng(seed: int, patient: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(patient)])
 
 
+def dataset_grade(seed: int, patient: int, mix: str = DEFAULT_GRADE_MIX) -> int:
+    """The dropout grade (0-3) of patient ``patient`` (1-based) of a data set.
+
+    ``"even"``: the patients cycle through the grades (``(patient - 1) % 4``). ``"real"``:
+    ``t = frac(frac(seed * sqrt(2)) + patient * (sqrt(5) - 1) / 2)`` (a golden-ratio
+    sequence, so that any run of patients holds the grades in about the shares
+    ``GRADE_SHARES``), and the grade is the share interval holding ``t``. Either way patient
+    ``i``'s grade does not depend on how many patients are generated.
+    """
+    if mix == "even":
+        return (patient - 1) % len(GRADE_RANGES)
+    if mix != "real":
+        raise InputError(f"--grade-mix must be one of {', '.join(GRADE_MIXES)}, got {mix!r}")
+    t = ((seed * np.sqrt(2.0)) % 1.0 + patient * GOLDEN) % 1.0
+    return min(int(np.searchsorted(np.cumsum(GRADE_SHARES), t, side="right")), len(GRADE_SHARES) - 1)
+
+
 def validate_args(patients: int, images_per_patient: int, size: Sequence[int], seed: int,
                   style: str = DEFAULT_STYLE,
-                  dropout_range: Sequence[float] | None = None) -> None:
-    """Raise a one-line :class:`InputError` for unusable generation settings."""
+                  dropout_range: Sequence[float] | None = None, grade_mix: str | None = None) -> None:
+    """Raise a one-line :class:`InputError` for unusable generation settings (``grade_mix``
+    None: the default)."""
     if patients < 1:
         raise InputError(f"--patients must be at least 1, got {patients}")
     if images_per_patient < 2:
@@ -147,6 +171,10 @@ def validate_args(patients: int, images_per_patient: int, size: Sequence[int], s
         if len(dropout_range) != 2 or not 0.0 <= dropout_range[0] <= dropout_range[1] <= 1.0:
             raise InputError(f"--dropout takes LO HI with 0 <= LO <= HI <= 1, got "
                              f"{list(dropout_range)}")
+    if grade_mix is not None and style != "realistic":
+        raise InputError("--grade-mix applies to --style realistic only")
+    if grade_mix is not None and grade_mix not in GRADE_MIXES:
+        raise InputError(f"--grade-mix must be one of {', '.join(GRADE_MIXES)}, got {grade_mix!r}")
 
 
 def _prepare_output(out_dir: Path, overwrite: bool) -> tuple[Path, Path, Path]:
@@ -187,25 +215,26 @@ def generate_dataset(out_dir, patients: int = DEFAULT_PATIENTS,
                      images_per_patient: int = DEFAULT_IMAGES_PER_PATIENT,
                      size: tuple[int, int] = DEFAULT_SIZE, seed: int = DEFAULT_SEED,
                      progress: bool = True, overwrite: bool = False, style: str = DEFAULT_STYLE,
-                     dropout_range: tuple[float, float] | None = None) -> list[str]:
+                     dropout_range: tuple[float, float] | None = None,
+                     grade_mix: str | None = None) -> list[str]:
     """Write ``out_dir/Image/P###_k.png`` (8-bit gray), ``out_dir/Label/P###_k.png`` (glands,
     0/255) and ``out_dir/Eyelid/P###_k.png`` (eyelid, 0/255) for ``patients`` patients x
     ``images_per_patient`` images of ``size = (W, H)`` in ``style``; the realistic style also
     writes ``out_dir/dropout.csv`` (``name,dropout,meiboscore``, one row per image). Patient
     ``i``'s dropout level is drawn from ``dropout_range``, by default from
-    ``GRADE_RANGES[(i - 1) % 4]``.
+    ``GRADE_RANGES[dataset_grade(seed, i, grade_mix)]`` (``grade_mix`` None: "real").
 
     Raises :class:`InputError` on bad settings or when ``Image/``/``Label/``/``Eyelid/`` already
     hold files (``overwrite=True`` replaces an earlier demo set). Returns the names written.
     """
-    validate_args(patients, images_per_patient, size, seed, style, dropout_range)
+    validate_args(patients, images_per_patient, size, seed, style, dropout_range, grade_mix)
     image_dir, label_dir, lid_dir = _prepare_output(Path(out_dir), overwrite)
     size = (int(size[0]), int(size[1]))
     names, dropout_rows = [], []
     for patient in tqdm(range(1, patients + 1), desc="demo patients", unit="patient",
                         disable=not progress):
         grades = tuple(dropout_range) if dropout_range is not None else \
-            GRADE_RANGES[(patient - 1) % len(GRADE_RANGES)]
+            GRADE_RANGES[dataset_grade(seed, patient, grade_mix or DEFAULT_GRADE_MIX)]
         data = generate_patient(patient_rng(seed, patient), size, images_per_patient, style,
                                 grades if style == "realistic" else None)
         for k, (image, mask, lid) in enumerate(zip(data["images"], data["masks"],

@@ -11,10 +11,20 @@ eyelashes lie above the margin, the fold and the eye below the far edge.
 Glands: slot ``i`` sits at ``u_i`` and owns the vertical strip ``bounds[i] <= u <=
 bounds[i + 1]`` (midpoints to its neighbours; the outer strips reach the lid ends). Its
 gland starts at the margin and ends at the tip row ``margin(x_i) + lengths[i] *
-depth(x_i)`` (``lengths[i] = 0``: no gland). The gland-bearing region ``R`` is the union,
-over slots with a gland, of the strip's part from the margin down to that tip row,
-clipped to ``E``; rasterised in the canonical frame and warped like the masks, it gives
-the true dropout of a view, ``1 - |R & E| / |E|`` on that view's pixels.
+depth(x_i)`` (``lengths[i] = 0``: no gland). As on real lids, the glands of a healthy lid
+fill only the margin side of the plate: each patient has a healthy extent drawn from
+:data:`HEALTHY_EXTENT` (share of the plate's depth), and a healthy gland's length
+``healthy[i]`` is that extent times :data:`HEALTHY_JITTER`; the far part of the plate holds
+no glands. Dropout shortens (from the far end) or removes glands. The gland-bearing region
+``R`` is the union, over slots with a gland, of the strip's part from the margin down to
+that tip row; the healthy span ``S`` the same with every slot's healthy length; both
+clipped to ``E``. Rasterised in the canonical frame and warped like the masks, they give
+the true dropout of a view, ``1 - |R & S & E| / |S & E|`` on that view's pixels: the span
+definition of :mod:`utils.clinical.dropout` with the generator's own healthy lengths.
+
+Grades over patients: :data:`GRADE_SHARES`, the shares of clinicians' meiboscores 0-3 on
+public upper-lid meibography (MGD-1k), and within a grade a level from
+:data:`GRADE_RANGES`.
 """
 from __future__ import annotations
 
@@ -24,12 +34,15 @@ import numpy as np
 from utils.synthetic.geometry import (SUPERSAMPLE, Canvas, random_affine, random_elastic_field, smooth_noise, to_fixed,
                                  view_to_canonical)
 
-# default dropout levels: patient i draws from GRADE_RANGES[(i - 1) % 4]: none, mild, moderate, severe
+# dropout levels of the grades none, mild, moderate, severe, and the grades' shares over patients
 GRADE_RANGES = ((0.0, 0.04), (0.08, 0.30), (0.38, 0.62), (0.70, 0.90))
+GRADE_SHARES = tuple(p / 99 for p in (21, 58, 17, 3))   # MGD-1k upper lids: 21 / 58 / 17 / 3 % (rounded)
 
 CANVAS_MARGIN = 0.2          # larger than the simple style's: views move more
-MIN_LENGTH = 0.12            # a gland shortened below this fraction of the lid depth is removed
-HEALTHY_LENGTH = (0.955, 0.99)  # a healthy gland's length, fraction of the lid depth at its slot
+MIN_LENGTH = 0.15            # a gland shortened below this fraction of its healthy length is removed
+HEALTHY_EXTENT = (0.50, 0.62)   # a patient's healthy glands fill this share of the plate's depth
+HEALTHY_JITTER = (0.96, 1.0)    # a healthy gland's length, fraction of the patient's healthy extent
+DILATION = 1.3               # width factor of a gland beside a lost stretch
 NATIVE_HEIGHT = 350          # per-pixel noise is that of a frame this tall, averaged down if smaller
 DEVICES = ("IR-MEIBO 5", "MGX-500", "K-SCAN IR", "LIDCAM 2", "OPTO-IR M3")
 
@@ -110,12 +123,16 @@ class LidGrid:
         """Row of each gland's tip ``[n]`` (canonical y)."""
         return self.slot_margin + lengths * self.slot_depth
 
-    def dropout(self, lengths: np.ndarray) -> float:
-        """Canonical true dropout: the plate's area fraction outside the strips' parts from
-        the margin down to their gland's tip row."""
+    def covered(self, lengths: np.ndarray) -> float:
+        """Plate area (in grid units) of the strips' parts from the margin down to their
+        gland's tip row."""
         tip = self.tips(lengths)[self.owner]
-        covered = np.clip(tip - self.margin, 0.0, self.depth) * (lengths[self.owner] > 0.0)
-        return float(1.0 - covered.sum() / self.depth.sum())
+        return float((np.clip(tip - self.margin, 0.0, self.depth) * (lengths[self.owner] > 0.0)).sum())
+
+    def dropout(self, lengths: np.ndarray, healthy: np.ndarray) -> float:
+        """Canonical true dropout: the share of the healthy span ``S`` (the strips down to
+        their healthy tips) outside the gland-bearing region ``R``."""
+        return 1.0 - self.covered(lengths) / self.covered(healthy)
 
 
 def _span_pattern(rng: np.random.Generator, u: np.ndarray, level: float) -> np.ndarray:
@@ -135,8 +152,8 @@ def _span_pattern(rng: np.random.Generator, u: np.ndarray, level: float) -> np.n
 
 def _shortened(healthy: np.ndarray, pattern: np.ndarray, strength: float) -> np.ndarray:
     """Gland lengths after cutting ``strength * pattern`` (fraction) off their far part."""
-    lengths = healthy * (1.0 - np.clip(strength * pattern, 0.0, 1.0))
-    return np.where(lengths < MIN_LENGTH, 0.0, lengths)
+    kept = 1.0 - np.clip(strength * pattern, 0.0, 1.0)
+    return np.where(kept < MIN_LENGTH, 0.0, healthy * kept)
 
 
 def gland_lengths(rng: np.random.Generator, u: np.ndarray, grid: LidGrid,
@@ -144,16 +161,16 @@ def gland_lengths(rng: np.random.Generator, u: np.ndarray, grid: LidGrid,
     """Gland lengths ``[n]`` (fraction of the local lid depth, 0 = missing) whose canonical
     dropout is as close to ``level`` as the slots allow (bisection on the cut strength), and
     the healthy lengths they were cut from."""
-    healthy = rng.uniform(*HEALTHY_LENGTH, len(u))
+    healthy = rng.uniform(*HEALTHY_EXTENT) * rng.uniform(*HEALTHY_JITTER, len(u))
     pattern = _span_pattern(rng, u, level)
-    if grid.dropout(healthy) >= level:
+    if level <= 0.0:
         return healthy, healthy
-    if grid.dropout(_shortened(healthy, pattern, 1e3)) < level:
+    if grid.dropout(_shortened(healthy, pattern, 1e3), healthy) < level:
         pattern = np.maximum(pattern, 0.5)          # the spans cannot hold it: widen to the lid
     lo, hi = 0.0, 1e3
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if grid.dropout(_shortened(healthy, pattern, mid)) < level \
+        lo, hi = (mid, hi) if grid.dropout(_shortened(healthy, pattern, mid), healthy) < level \
             else (lo, mid)
     return _shortened(healthy, pattern, hi), healthy
 
@@ -203,12 +220,13 @@ def _draw_glands(rng: np.random.Generator, canvas: Canvas, tarsus: Tarsus, u: np
     pitch = tarsus.half * 2.0 / len(u)
     mask2 = np.zeros(canvas.shape2, np.uint8)
     value2 = np.zeros(canvas.shape2, np.uint8)
-    padded = np.concatenate([[0.0], lengths, [0.0]])
-    beside_loss = np.maximum(lengths - padded[:-2], lengths - padded[2:]) > 0.2
+    kept = lengths / healthy
+    padded = np.concatenate([[0.0], kept, [0.0]])
+    beside_loss = np.maximum(kept - padded[:-2], kept - padded[2:]) > 0.35
     for u0, length, full, dilated in zip(u, lengths, healthy, beside_loss):
-        radius = pitch * rng.uniform(0.25, 0.34) * (1.3 if dilated else 1.0)
+        radius = pitch * rng.uniform(0.23, 0.31) * (DILATION if dilated else 1.0)
         bright = int(round(255 * rng.uniform(0.5, 1.0)))
-        ghost = rng.uniform() < 0.5 and full - length > 0.15
+        ghost = rng.uniform() < 0.5 and full - length > 0.25 * full
         if length > 0.0:
             outline = _gland_outline(rng, tarsus, u0, (-0.06, length), pitch, radius)
             pts = to_fixed(canvas.to_draw(outline))
@@ -334,14 +352,17 @@ def _gland_shading(rng: np.random.Generator, shape: tuple[int, int], value: np.n
 
 def _lid_layers(rng: np.random.Generator, canvas: Canvas, tarsus: Tarsus, u: np.ndarray,
                 bounds: np.ndarray, grid: LidGrid, level: float) -> dict:
-    """Gland lengths for ``level`` and the 1x coverage layers ``gland``, ``lid`` (``E``),
-    ``region`` (``R``, clipped to ``E``) and the glands' brightness ``value``."""
+    """Gland lengths for ``level`` (and the healthy ones) and the 1x coverage layers ``gland``,
+    ``lid`` (``E``), ``region`` (``R``) and ``span`` (``S``; both clipped to ``E``) and the
+    glands' brightness ``value``."""
     lengths, healthy = gland_lengths(rng, u, grid, level)
     lid2 = _fill(canvas, [tarsus.strip(-1.0, 1.0, 0.0, 1.0, 1.0)])
     mask2, value2 = _draw_glands(rng, canvas, tarsus, u, lengths, healthy)
     region2 = np.minimum(_region_layer(canvas, tarsus, bounds, grid.tips(lengths), lengths), lid2)
+    span2 = np.minimum(_region_layer(canvas, tarsus, bounds, grid.tips(healthy), healthy), lid2)
     lid_frac2 = lid2.astype(np.float32) / 255.0
-    return {"lengths": lengths,
+    return {"lengths": lengths, "healthy": healthy,
+            "span": canvas.down(span2.astype(np.float32) / 255.0),
             "gland": canvas.down(np.minimum(mask2, lid2).astype(np.float32) / 255.0),
             "value": canvas.down(value2.astype(np.float32) / 255.0 * lid_frac2),
             "lid": canvas.down(lid_frac2),
@@ -380,9 +401,10 @@ def render_anatomy(rng: np.random.Generator, size: tuple[int, int], level: float
     """One patient's anatomy on a canvas (see the module docstring).
 
     Returns a dict: ``canvas``; ``tarsus``; ``image`` (illumination-free, float32 in
-    [0, 1]); ``gland``, ``lid``, ``region``: float32 coverage in [0, 1] of the glands, the
-    plate ``E`` and the gland-bearing region ``R`` (clipped to ``E``), all
-    ``canvas.shape1``; ``u``, ``bounds``, ``lengths``: the slots; ``canonical_dropout``.
+    [0, 1]); ``gland``, ``lid``, ``region``, ``span``: float32 coverage in [0, 1] of the
+    glands, the plate ``E``, the gland-bearing region ``R`` and the healthy span ``S``
+    (both clipped to ``E``), all ``canvas.shape1``; ``u``, ``bounds``, ``lengths``,
+    ``healthy``: the slots; ``canonical_dropout``.
     """
     width, height = size
     canvas = Canvas(size, CANVAS_MARGIN)
@@ -399,9 +421,10 @@ def render_anatomy(rng: np.random.Generator, size: tuple[int, int], level: float
     image += 0.01 * np.sqrt(min(1.0, height / NATIVE_HEIGHT)) * rng.standard_normal(
         canvas.shape1, dtype=np.float32)
     return {"canvas": canvas, "tarsus": tarsus, "image": np.clip(image, 0.0, 1.0).astype(np.float32),
-            "gland": layers["gland"], "lid": layers["lid"], "region": layers["region"], "u": u,
-            "bounds": bounds, "lengths": layers["lengths"],
-            "canonical_dropout": grid.dropout(layers["lengths"])}
+            "gland": layers["gland"], "lid": layers["lid"], "region": layers["region"],
+            "span": layers["span"], "u": u, "bounds": bounds, "lengths": layers["lengths"],
+            "healthy": layers["healthy"],
+            "canonical_dropout": grid.dropout(layers["lengths"], layers["healthy"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,10 +631,12 @@ def _view(rng: np.random.Generator, anatomy: dict, size: tuple[int, int], overla
     if overlay is not None:
         draw_overlay(image, overlay)
     gland = (sample(anatomy["gland"]) >= 0.5) & lid
-    region = (sample(anatomy["region"]) >= 0.5) & lid
-    dropout = 1.0 - float(region.sum()) / float(lid.sum()) if lid.any() else 0.0
+    span = (sample(anatomy["span"]) >= 0.5) & lid
+    region = (sample(anatomy["region"]) >= 0.5) & span
+    dropout = 1.0 - float(region.sum()) / float(span.sum()) if span.any() else 0.0
     return {"images": image, "masks": gland.astype(np.uint8), "lid_masks": lid.astype(np.uint8),
-            "region_masks": region.astype(np.uint8), "dropout": dropout, "matrices": matrix,
+            "region_masks": region.astype(np.uint8), "span_masks": span.astype(np.uint8),
+            "dropout": dropout, "matrices": matrix,
             "fields": field, "acquisition": {"occluder": occluder,
                                              "text": overlay["corner"] if overlay else None}}
 
@@ -620,14 +645,16 @@ def generate_realistic_patient(rng: np.random.Generator, size: tuple[int, int],
                                images_per_patient: int,
                                dropout_range: tuple[float, float] | None = None) -> dict:
     """One realistic patient; the dict of :func:`utils.synthetic.generate.generate_patient`
-    plus ``"region_masks"`` (uint8 {0, 1}, the gland-bearing region ``R``), ``"dropout"``
+    plus ``"region_masks"`` and ``"span_masks"`` (uint8 {0, 1}, the gland-bearing region ``R``
+    and the healthy span ``S``, both within the eyelid mask), ``"dropout"``
     (true dropout per image), ``"acquisition"`` (per image: ``occluder`` None / "finger" /
     "swab", ``text`` None or its corner), ``"dropout_level"`` (the patient's target),
-    ``"canonical_dropout"`` and ``"canonical_region"``. ``dropout_range``: the level is
-    drawn uniformly from it; ``None`` draws a grade (none / mild / moderate / severe) first.
+    ``"canonical_dropout"``, ``"canonical_region"`` and ``"canonical_span"``. ``dropout_range``:
+    the level is drawn uniformly from it; ``None`` draws a grade (none / mild / moderate /
+    severe, with the shares :data:`GRADE_SHARES`) first.
     """
     if dropout_range is None:
-        dropout_range = GRADE_RANGES[int(rng.integers(len(GRADE_RANGES)))]
+        dropout_range = GRADE_RANGES[int(rng.choice(len(GRADE_RANGES), p=GRADE_SHARES))]
     level = float(rng.uniform(*dropout_range))
     anatomy = render_anatomy(rng, size, level)
     overlay = overlay_plan(rng)
@@ -636,7 +663,7 @@ def generate_realistic_patient(rng: np.random.Generator, size: tuple[int, int],
     canvas = anatomy["canvas"]
     out["canonical_image"] = canvas.crop(anatomy["image"]).copy()
     for key, layer in (("canonical_mask", "gland"), ("canonical_lid", "lid"),
-                       ("canonical_region", "region")):
+                       ("canonical_region", "region"), ("canonical_span", "span")):
         out[key] = (canvas.crop(anatomy[layer]) >= 0.5).astype(np.uint8)
     out["canonical_dropout"] = anatomy["canonical_dropout"]
     out["dropout_level"] = level
