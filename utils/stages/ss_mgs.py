@@ -85,6 +85,34 @@ class SegmentationConfig:
                    negative_mode=args.negative_mode, coefficients=args.coefficients)
 
 
+def step_inputs(batch: dict, cache, config: SegmentationConfig, generator: torch.Generator,
+                device: torch.device, augment: Augment = no_augmentation
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The input groups of one SS-MGS forward pass (``x_l`` and, as the settings use them,
+    ``g1``, ``g2``, ``u_neg``; each ``[B, 1, H, W]``, in that order) and their labels (``y_l``,
+    ``y_g``; one-hot ``[B, 2, H, W]``).
+
+    RSGM generates ``g1, g2, y_g`` from the cached registration outputs, which are aligned with
+    the images as stored; ``augment`` (``--augment``) acts after that: on ``x_l`` with ``y_l``,
+    on ``g1``, ``g2`` and ``y_g`` with one transform (they stay pixel-aligned, as RNSF's positive
+    pairs need), and on ``u_neg``, in that order.
+    """
+    x_l, y_l = batch["x_l"].to(device), batch["y_l"].to(device)
+    if config.uses_registration:
+        w_u1, phi_u2 = cache.get(batch["atlas_name"], batch["u1_name"], batch["u2_name"], device)
+        alpha, beta = sample_coefficients(x_l.shape[0], config.coefficients, generator, device)
+        g1, g2, y_g = rsgm_generate(x_l, y_l, w_u1, phi_u2, alpha, beta)
+    (x_l,), (y_l,) = augment([x_l], [y_l])
+    groups, labels = {"x_l": x_l}, {"y_l": y_l}
+    if config.uses_registration:
+        (g1, g2), (y_g,) = augment([g1, g2], [y_g])
+        groups.update(g1=g1, g2=g2)
+        labels["y_g"] = y_g
+    if config.use_rnsf:
+        (groups["u_neg"],), _ = augment([batch["u_neg"].to(device)])
+    return groups, labels
+
+
 def segmentation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                       batch: dict, cache, config: SegmentationConfig, ramp: float,
                       generator: torch.Generator, device: torch.device, amp: bool = False,
@@ -93,29 +121,13 @@ def segmentation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     """One SS-MGS iteration on a :class:`dataloaders.segmentation_data.SegmentationTrainSet` batch.
 
     ``cache``: anything with ``get(atlas_names, u1_names, u2_names, device) -> (w_u1,
-    phi_u2)`` (:class:`RegistrationOutputCache`; unused when both RSGM and RNSF are off).
-    ``augment`` (``--augment``) acts after the RSGM generation, whose cached registration
-    outputs are aligned with the images as stored: on ``x_l`` with ``y_l``, on ``g1``, ``g2``
-    and ``y_g`` with one transform (they stay pixel-aligned, as RNSF's positive pairs need),
-    and on ``u_neg``, in that order.
-    Returns the loss terms (``seg``, ``rs_g1``, ``rs_g2``, ``rs``, ``rnsf``, ``total``, as
-    applicable) and ``{"images", "outputs"}`` of the step (outputs split per input group).
+    phi_u2)`` (:class:`RegistrationOutputCache`; unused when both RSGM and RNSF are off);
+    the inputs and ``augment``: :func:`step_inputs`. Returns the loss terms (``seg``,
+    ``rs_g1``, ``rs_g2``, ``rs``, ``rnsf``, ``total``, as applicable) and ``{"images",
+    "outputs"}`` of the step (outputs split per input group).
     """
-    x_l, y_l = batch["x_l"].to(device), batch["y_l"].to(device)
-    if config.uses_registration:
-        w_u1, phi_u2 = cache.get(batch["atlas_name"], batch["u1_name"], batch["u2_name"], device)
-        alpha, beta = sample_coefficients(x_l.shape[0], config.coefficients, generator, device)
-        g1, g2, y_g = rsgm_generate(x_l, y_l, w_u1, phi_u2, alpha, beta)
-    (x_l,), (y_l,) = augment([x_l], [y_l])
-    groups = {"x_l": x_l}
-    images = {"x_l": x_l}
-    if config.uses_registration:
-        (g1, g2), (y_g,) = augment([g1, g2], [y_g])
-        groups.update(g1=g1, g2=g2)
-        images.update(g1=g1, g2=g2, y_g=y_g)
-    if config.use_rnsf:
-        (u_neg,), _ = augment([batch["u_neg"].to(device)])
-        groups["u_neg"] = images["u_neg"] = u_neg
+    groups, labels = step_inputs(batch, cache, config, generator, device, augment)
+    y_l, y_g = labels["y_l"], labels.get("y_g")
     with torch.autocast(device_type=device.type, enabled=amp):
         outputs = net(torch.cat(list(groups.values())))
     out = split_outputs(outputs, groups)
@@ -135,6 +147,8 @@ def segmentation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     terms["total"] = total
     check(terms)
     scaled_step(total, optimizer, scaler)
+    images = {name: groups[name] for name in ("x_l", "g1", "g2") if name in groups}
+    images.update({"y_g": y_g} if y_g is not None else {}, **{n: groups[n] for n in ("u_neg",) if n in groups})
     return {name: value.item() for name, value in terms.items()}, {"images": images, "outputs": out}
 
 
