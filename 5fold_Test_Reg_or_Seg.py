@@ -34,18 +34,20 @@ from networks.segmentation_net import SegmentationNet
 from utils.cli import OneLineErrorParser, add_common_args
 from utils.clinical.report import measure_pair, write_report
 from utils.errors import InputError, run_cli
-from utils.evaluation.comparison import COLUMNS as COMPARISON_COLUMNS
 from utils.evaluation.comparison import compare, format_comparison
 from utils.evaluation.loops import evaluate_registration, evaluate_segmentation
 from utils.evaluation.metrics import HD95_EMPTY_POLICY, masks_from_scores
 from utils.evaluation.prediction import check_targets, load_fold_models, predict_folder
+from utils.evaluation.run_comparison import COMPARISON_COLUMNS, RUN_COLUMNS
+from utils.evaluation.run_comparison import (difference_rows, experiment_rows, format_differences,
+                                             format_experiments, run_means)
 from utils.evaluation.savers import registration_panel_saver, segmentation_overlay_saver
 from utils.evaluation.summaries import (REG_COLUMNS, REG_METRICS, SEG_COLUMNS, SEG_METRICS, summary_columns,
                                         summary_rows, table_lines)
 from utils.files import write_csv
 from utils.stages.registration import load_registration_network
 from utils.stages.segmentation_methods import method_of
-from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
+from utils.training.checkpoints import find_best_checkpoint, find_runs, load_network
 from utils.training.runtime import select_device, use_amp
 
 
@@ -80,28 +82,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def checkpoint_for(args: argparse.Namespace, exp: str, k: int, trainer: str) -> Path:
+def runs_of(args: argparse.Namespace, exp: str, k: int, trainer: str) -> list[tuple[int | None, Path]]:
+    """``(seed of its seed<S> folder or None, best checkpoint)`` of every run of ``exp`` and fold
+    ``k`` (``utils.training.checkpoints.find_runs``), or the one ``--checkpoint``."""
     if args.checkpoint:
-        return Path(args.checkpoint)
-    return find_best_checkpoint(run_dir_for(args.runs_dir, exp, k),
-                                hint=f"python {trainer} --data-dir {args.data_dir} --fold {k} --exp {exp}")
+        return [(None, Path(args.checkpoint))]
+    hint = f"python {trainer} --data-dir {args.data_dir} --fold {k} --exp {exp}"
+    return [(run.seed, find_best_checkpoint(run.run_dir, hint)) for run in find_runs(args.runs_dir, exp, k, hint)]
 
 
-def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, csv_name: str,
-                      columns: list[str], metrics: list[str], title: str) -> dict[str, list[dict]]:
-    """For each ``--exp``: rows of every fold (``score_fold(exp, k, folder, out_dir)``), the
-    per-item CSV, summary.csv, and one line of the printed side-by-side table. Returns
-    the rows by experiment."""
+def run_seed(folder_seed: int | None, trained: dict) -> int | None:
+    """A run's seed: that of its seed<S> folder, else the ``--seed`` saved in its checkpoint."""
+    return folder_seed if folder_seed is not None else trained.get("seed")
+
+
+def score_experiments(args: argparse.Namespace, folds: list[int], score_run, csv_name: str,
+                      columns: list[str], metrics: list[str], title: str, trainer: str) -> dict[str, list[dict]]:
+    """For each ``--exp``: rows of every run of every fold (``score_run(exp, k, folder seed,
+    checkpoint, folder, out_dir)``, rows tagged with their ``seed``), the per-item CSV,
+    runs.csv (one row per run), summary.csv, and one line of the printed side-by-side
+    table. Returns the rows by experiment."""
     folder = DatasetFolder(args.data_dir, resize=args.resize)
     table, scored = [], {}
     for exp in args.exp:
         out_dir = Path(args.runs_dir) / exp / "test"
-        rows = [row for k in folds for row in score_fold(exp, k, folder, out_dir)]
+        rows = [row for k in folds for seed, path in runs_of(args, exp, k, trainer)
+                for row in score_run(exp, k, seed, path, folder, out_dir)]
         write_csv(out_dir / csv_name, rows, columns)
+        write_csv(out_dir / "runs.csv", run_means(rows, metrics), RUN_COLUMNS + metrics)
         summary = summary_rows(rows, metrics, folds)
         write_csv(out_dir / "summary.csv", summary, summary_columns(metrics, summary))
         empties = summary[-1].get("hd95_empty_cases", 0)
-        print(f"{exp}: {len(rows)} rows -> {out_dir / csv_name}, {out_dir / 'summary.csv'}"
+        print(f"{exp}: {len(rows)} rows -> {out_dir / csv_name}, {out_dir / 'runs.csv'}, {out_dir / 'summary.csv'}"
               + (f"; {empties} image(s) with an empty mask ({HD95_EMPTY_POLICY})" if empties else ""))
         table.append((exp, summary[-1]))
         scored[exp] = rows
@@ -110,43 +122,69 @@ def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, cs
 
 
 def print_comparison(args: argparse.Namespace, scored: dict[str, list[dict]], metrics: list[str]) -> None:
-    """Every experiment against the first one named: paired differences with a bootstrap
-    interval and the Wilcoxon p-value, printed and written to RUNS/<first>/test/comparison.csv."""
+    """Each experiment's runs (mean +- sd over its (fold, seed) runs) when one has several; with
+    several --exp, every experiment against the first one named, within runs (per image) and
+    over runs (utils.evaluation.run_comparison), printed and written to
+    RUNS/<first>/test/comparison.csv."""
+    runs = {exp: run_means(rows, metrics) for exp, rows in scored.items()}
+    spreads = experiment_rows(runs, metrics)
+    if max(len(r) for r in runs.values()) > 1:
+        print("\nRuns: each (fold, seed) run is one sample, its value the mean over its test images "
+              "(mean +- sd over runs; sd over folds, and over seeds within a fold)")
+        print("\n".join(format_experiments(spreads)))
     reference, *others = args.exp
     if not others:
         return
-    rows = [row for exp in others
-            for row in compare(scored[reference], scored[exp], metrics, reference, exp, seed=args.seed)]
+    images = [row for exp in others
+              for row in compare(scored[reference], scored[exp], metrics, reference, exp, seed=args.seed)]
+    differences = [row for exp in others
+                   for row in difference_rows(reference, runs[reference], scored[reference], exp, runs[exp],
+                                              scored[exp], metrics, seed=args.seed)]
     path = Path(args.runs_dir) / reference / "test" / "comparison.csv"
-    write_csv(path, rows, COMPARISON_COLUMNS)
-    print(f"\nPaired differences against {reference} (experiment - {reference}; mean over the same test images, "
-          f"95 % bootstrap interval, two-sided Wilcoxon signed-rank p; HD95: lower is better) -> {path}")
-    print("\n".join(format_comparison(rows)))
+    write_csv(path, spreads + differences + images, COMPARISON_COLUMNS)
+    print(f"\nWithin runs, per image (experiment - {reference} on the same test images of the same fold and seed; "
+          f"95 % bootstrap interval over images, Wilcoxon p): blind to training noise, optimistic")
+    print("\n".join(format_comparison(images)))
+    print(f"\nOver runs (experiment - {reference}, paired by fold and seed; 95 % t interval over runs, exact "
+          f"sign-flip p; within-run: 95 % interval with test patients resampled; noise floor: {reference}'s "
+          f"run-to-run sd; HD95: lower is better) -> {path}")
+    print("\n".join(format_differences(differences)))
 
 
 def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
     amp = use_amp(args.amp, device)
     grades = read_grades(args.grades) if args.grades else None
     measured: dict[str, tuple[list[dict], list[dict]]] = {}
+    clinical_runs: dict[tuple[str, int], int | None] = {}  # (exp, fold) -> the seed whose masks are measured
 
-    def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
+    def score_run(exp: str, k: int, folder_seed: int | None, path: Path, folder: DatasetFolder,
+                  out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, need_prealign=False)
-        net, state = load_network(checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py"), SegmentationNet(), device)
+        net, state = load_network(path, SegmentationNet(), device)
         trained = state.get("args") or {}
-        print(f"{exp} fold {k}: {method_of(trained)}")
+        seed = run_seed(folder_seed, trained)
+        print(f"{exp} fold {k} seed {seed}: {method_of(trained)}")
         target = trained.get("target", "gland")
-        keepers = [segmentation_overlay_saver(out_dir / "images")] if args.save_images else []
-        if target == "gland":
+        images = out_dir / "images" / ("" if folder_seed is None else f"seed{folder_seed}")
+        keepers = [segmentation_overlay_saver(images)] if args.save_images else []
+        if target == "gland" and (exp, k) not in clinical_runs:  # one run per fold: image names stay unique
+            clinical_runs[(exp, k)] = seed
             keepers.append(measure_collector(folder, measured.setdefault(exp, ([], [])), args.pixel_size))
-        return evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test, target), device, k,
+        rows = evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test, target), device, k,
                                      amp=amp, pixel_size=args.pixel_size, progress=not args.no_progress,
                                      keep_outputs=lambda batch, pred: [keep(batch, pred) for keep in keepers])
+        return [{**row, "seed": seed} for row in rows]
 
     unit = "pixels" if args.pixel_size == 1 else "units of --pixel-size"
-    scored = score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS,
-                               f"Segmentation of test images (mean +- std over images; HD95 in {unit})")
+    scored = score_experiments(args, folds, score_run, "per_image.csv", SEG_COLUMNS, SEG_METRICS,
+                               f"Segmentation of test images (mean +- std over the images of every run; HD95 in "
+                               f"{unit})", "5fold_Train_SS_MGS.py")
     print_comparison(args, scored, SEG_METRICS)
     for exp, (pred_rows, true_rows) in measured.items():
+        seeds = {k: seed for (name, k), seed in clinical_runs.items() if name == exp}
+        if len(run_means(scored[exp], [])) > len(seeds):
+            print(f"\n{exp}: clinical measures of one run per fold ("
+                  + ", ".join(f"seed {seed} of fold {k}" for k, seed in seeds.items()) + ")")
         print("\n".join(write_report(Path(args.runs_dir) / exp / "test", exp, pred_rows, true_rows, grades)))
 
 
@@ -163,15 +201,20 @@ def measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]]
 
 
 def test_registration(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
-    def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
+    def score_run(exp: str, k: int, folder_seed: int | None, path: Path, folder: DatasetFolder,
+                  out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
-        net, _ = load_registration_network(checkpoint_for(args, exp, k, "5fold_Train_Reg.py"), device)
-        save = registration_panel_saver(out_dir / "images") if args.save_images else None
-        return evaluate_registration(net, RegistrationPairSet(data.folder, data.fold.test, data.prealign),
+        net, state = load_registration_network(path, device)
+        seed = run_seed(folder_seed, state.get("args") or {})
+        images = out_dir / "images" / ("" if folder_seed is None else f"seed{folder_seed}")
+        save = registration_panel_saver(images) if args.save_images else None
+        rows = evaluate_registration(net, RegistrationPairSet(data.folder, data.fold.test, data.prealign),
                                      device, k, progress=not args.no_progress, keep_outputs=save)
+        return [{**row, "seed": seed} for row in rows]
 
-    score_experiments(args, folds, score_fold, "per_pair.csv", REG_COLUMNS, REG_METRICS,
-                      "Registration of ordered test pairs (mean +- std over pairs)")
+    score_experiments(args, folds, score_run, "per_pair.csv", REG_COLUMNS, REG_METRICS,
+                      "Registration of ordered test pairs (mean +- std over the pairs of every run)",
+                      "5fold_Train_Reg.py")
 
 
 def predict(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:

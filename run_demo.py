@@ -23,7 +23,7 @@ from typing import Sequence
 
 from utils.cli import OneLineErrorParser
 from utils.errors import InputError, run_cli
-from utils.stages.segmentation_methods import METHODS
+from utils.stages.segmentation_methods import METHODS, select_methods
 
 DEFAULT_METHODS = ["supervised", "ss-mgs"]
 
@@ -51,18 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def chosen_methods(names: list[str] | None) -> list[str]:
-    """``--methods`` -> method names in order, without repeats."""
-    if not names:
-        return list(DEFAULT_METHODS)
-    if names == ["all"]:
-        return list(METHODS)
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise InputError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(METHODS)}")
-    return list(dict.fromkeys(names))
-
-
 def experiment(method: str) -> str:
     """The demo's experiment name of a method (the default two keep their historical names)."""
     return {"ss-mgs": "demo_SS-MGS", "supervised": "demo_supervised"}.get(method, f"demo_{method}")
@@ -77,7 +65,7 @@ def run(command: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    methods = chosen_methods(args.methods)
+    methods = select_methods(args.methods, DEFAULT_METHODS)
     started = time.time()
     data = args.data_dir
     common = ["--data-dir", data, "--fold", args.fold, "--runs-dir", args.runs_dir, "--device", args.device]

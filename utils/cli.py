@@ -14,12 +14,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise InputError(f"{message} (see {self.prog} --help)")
 
 
+DEFAULT_SEED = 3407
+
+
 def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = None,
-                    data_required: bool = True, several_exps: bool = False) -> None:
+                    data_required: bool = True, several_exps: bool = False, several_seeds: bool = False) -> None:
     """--data-dir, --fold, --exp, --runs-dir, --device, --seed, --resize.
 
     ``several_exps``: ``--exp`` takes one or more names (required); else one name
-    defaulting to ``exp_default``."""
+    defaulting to ``exp_default``. ``several_seeds`` (the trainers): ``--seeds`` as an
+    alternative to ``--seed`` (``args.seeds`` is None without it)."""
     parser.add_argument("--data-dir", required=data_required, default=None,
                         help="dataset root holding Image/, Label/ and train_dict{1..5}.json")
     parser.add_argument("--fold", default="1",
@@ -35,7 +39,18 @@ def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = N
     parser.add_argument("--runs-dir", default="runs", help="root folder of all outputs (default: runs)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="compute device; auto = cuda when present (default: auto)")
-    parser.add_argument("--seed", type=int, default=3407, help="random seed (default: 3407)")
+    if several_seeds:
+        seeds = parser.add_mutually_exclusive_group()
+        seeds.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                           help=f"the seed of one run in RUNS/NAME/fold<K>/; fold K is seeded with SEED + K "
+                                f"(default: {DEFAULT_SEED})")
+        seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                           help="one run per seed, each in RUNS/NAME/seed<S>/fold<K>/ (a single --seeds S "
+                                "too), seeded with S + K; the seeds are replicates for the run-level "
+                                "comparison of the test script. --resume continues each seed and fold")
+    else:
+        parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                            help=f"random seed (default: {DEFAULT_SEED})")
     parser.add_argument("--resize", type=int, nargs=2, metavar=("W", "H"), default=None,
                         help="process every image at W x H (needed when image sizes differ; default: "
                              "native size)")
@@ -51,7 +66,8 @@ def add_training_args(parser: argparse.ArgumentParser, epochs: int, iters: int, 
     parser.add_argument("--lr", type=float, default=lr, help=f"learning rate (default: {lr:g})")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per iteration (default: 1)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from RUNS/NAME/fold<K>/last.pth (model, optimizer, epoch, RNG states)")
+                        help="continue from RUNS/NAME/fold<K>/last.pth (with --seeds: each seed's "
+                             "RUNS/NAME/seed<S>/fold<K>/last.pth; model, optimizer, epoch, RNG states)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the checkpoints and logs of an earlier run of the same --exp and fold "
                              "(without it, such a folder is an error unless --resume)")
@@ -77,3 +93,6 @@ def check_training_args(args: argparse.Namespace, *positive: str) -> None:
     check_positive(args, "epochs", "iters", "lr", "batch_size", "keep_best", *positive)
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
+    seeds = getattr(args, "seeds", None)
+    if seeds is not None and len(set(seeds)) < len(seeds):
+        raise InputError(f"--seeds {' '.join(map(str, seeds))}: a seed is repeated; each seed is one run")
