@@ -4,14 +4,17 @@
     python 5fold_Test_Reg_or_Seg.py --mode reg --data-dir D --fold all --exp REG [--save-images]
     python 5fold_Test_Reg_or_Seg.py --mode predict --exp SEG --fold all --input IMG_DIR --output OUT_DIR
 
-seg and reg write RUNS/EXP/test/per_image.csv (per_pair.csv) and summary.csv and
-print a table. seg also compares the clinical measures on predicted and true masks
-(measures.csv, clinical_summary.csv; with --grades, the estimated meiboscore with
-clinicians' grades), and with several --exp every experiment with the first
-(paired differences, bootstrap interval, Wilcoxon p-value) in
+seg and reg score every run of each fold (each RUNS/EXP/seed<S>/fold<K>/, or the one
+RUNS/EXP/fold<K>/) and write RUNS/EXP/test/per_image.csv (per_pair.csv), runs.csv (one
+row per run) and summary.csv and print a table. seg also compares the clinical
+measures on predicted and true masks of one run per fold (measures.csv,
+clinical_summary.csv; with --grades, the estimated meiboscore with clinicians'
+grades), and with several --exp every experiment with the first, within runs (per
+image: bootstrap interval, Wilcoxon p) and over runs (t interval, sign-flip p,
+patient-level interval, noise floor, verdict; docs/COMPARISON.md), in
 RUNS/<first>/test/comparison.csv. predict writes OUT_DIR/masks/, overlays/,
 gland_area.csv, glands.csv and images.csv (--eyelid-exp: eyelid masks and the
-eyelid-dependent measures). Each fold's model is its best checkpoint on val
+eyelid-dependent measures). Each run's model is its best checkpoint on val
 (best.json), never one chosen on test.
 """
 from __future__ import annotations
@@ -221,7 +224,7 @@ def predict(args: argparse.Namespace, folds: list[int], device: torch.device) ->
     if not args.input or not args.output:
         raise InputError("--mode predict needs --input IMG_DIR and --output OUT_DIR")
     if len(args.exp) != 1:
-        raise InputError("--mode predict takes one --exp (its folds form the ensemble)")
+        raise InputError("--mode predict takes one --exp (its folds' runs form the ensemble)")
     in_dir, out_dir = Path(args.input), Path(args.output)
     if not in_dir.is_dir():
         raise InputError(f"--input {in_dir} is not a folder")
@@ -240,7 +243,7 @@ def predict(args: argparse.Namespace, folds: list[int], device: torch.device) ->
         check_targets(eyelid_models, "eyelid", "--eyelid-exp")
     count = predict_folder(files, out_dir, models, eyelid_models, device, amp, args.pixel_size,
                            progress=not args.no_progress)
-    print(f"{count} images segmented with {len(models)} fold model(s)"
+    print(f"{count} images segmented with {len(models)} model(s) (every run of the folds)"
           + (f" and {len(eyelid_models)} eyelid model(s)" if eyelid_models else "") + f" -> {out_dir}")
 
 

@@ -1,15 +1,17 @@
-"""Run the whole SS-MGS pipeline on the bundled synthetic demo, for one fold.
+"""Run the whole SS-MGS pipeline on the bundled synthetic demo, for one fold and several seeds.
 
     python run_demo.py
 
 Steps (each is the command a user would type; they are printed as they run):
-synthetic data -> folds -> affine pre-alignment -> registration training ->
-SS-MGS training (RSGM + RNSF) -> supervised-only baseline -> registration test
--> segmentation test, the two segmenters side by side and SS-MGS compared with
-the supervised baseline. ``--methods all`` (or a list) trains those methods
-instead, with the same schedule, and compares each with the first named. The
-schedule is short so that it finishes in minutes on a laptop CPU; the paper's
-schedule is the scripts' default (see README.md).
+synthetic data -> folds -> affine pre-alignment -> registration training (one
+model for the fold) -> the supervised-only baseline and SS-MGS (RSGM + RNSF), each
+trained with every seed (``--seeds``: 3 by default) -> registration test ->
+segmentation test: every run scored, the two methods' mean +- sd over runs, and
+SS-MGS compared with the baseline over runs (difference, interval, p-value, noise
+floor, verdict). ``--methods all`` (or a list) trains those methods instead, with
+the same schedule, and compares each with the first named. The schedule is short
+so that it finishes in minutes on a laptop CPU; the paper's schedule is the
+scripts' default (see README.md).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from utils.errors import InputError, run_cli
 from utils.stages.segmentation_methods import METHODS, select_methods
 
 DEFAULT_METHODS = ["supervised", "ss-mgs"]
+DEFAULT_SEEDS = 3
+FIRST_SEED, SEED_STEP = 3407, 10  # seeds 3407, 3417, ...: a run of seed S and fold K is seeded with S + K
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                         help=f"segmentation methods to train and compare with the first one named: 'all' "
                              f"({' '.join(METHODS)}) or a list of them (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEEDS], metavar="N",
+                        help=f"one value N: N seeds ({FIRST_SEED}, {FIRST_SEED + SEED_STEP}, ...); two or more: "
+                             f"those seeds. Every method trains once per seed and the test compares the runs "
+                             f"(default: {DEFAULT_SEEDS})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
+
+
+def chosen_seeds(values: list[int]) -> list[int]:
+    """``--seeds`` -> the seeds: a count, or the list itself."""
+    if len(values) == 1:
+        if values[0] < 1:
+            raise InputError(f"--seeds {values[0]}: give a number of seeds >= 1, or two or more seeds")
+        return [FIRST_SEED + SEED_STEP * i for i in range(values[0])]
+    if len(set(values)) < len(values):
+        raise InputError(f"--seeds {' '.join(map(str, values))}: a seed is repeated")
+    return list(values)
 
 
 def experiment(method: str) -> str:
@@ -66,6 +85,7 @@ def run(command: list[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     methods = select_methods(args.methods, DEFAULT_METHODS)
+    seeds = [str(seed) for seed in chosen_seeds(args.seeds)]
     started = time.time()
     data = args.data_dir
     common = ["--data-dir", data, "--fold", args.fold, "--runs-dir", args.runs_dir, "--device", args.device]
@@ -84,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
              "--iters", str(args.reg_iters), *train])
     for method in methods:
         run(["python", "5fold_Train_SS_MGS.py", *common, "--exp", experiment(method), "--method", method,
-             *(["--reg-exp", "demo_REG"] if METHODS[method].uses_registration else []),
+             *(["--reg-exp", "demo_REG"] if METHODS[method].uses_registration else []), "--seeds", *seeds,
              "--epochs", str(args.seg_epochs), "--iters", str(args.seg_iters), *train])
     if registration:
         run(["python", "5fold_Test_Reg_or_Seg.py", "--mode", "reg", *common, "--exp", "demo_REG", *quiet])

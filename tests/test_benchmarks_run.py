@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
      ["full schedule, 1 fold", "registration", "ss-mgs", "supervised", "five-fold schedule"]),
     ("bench_gland_measures.py", ["--repeats", "1", "--height", "128", "--width", "256", "--glands", "8"],
      ["8 glands drawn, 8 glands found", "seconds per mask pair", "measure_image (all measures)"]),
+    ("bench_repeatability.py", ["--patients", "6", "--size", "64", "32", "--epochs", "1", "--iters", "1",
+                                "--variants", "0"],
+     ["reference (1 thread, 0 workers)", "val IoU", "max |weight - reference| 0  identical"]),
     ("bench_prealign.py", ["--patients", "2", "--images", "2", "--size", "96", "48", "--workers", "1"],
      ["pairs 4  workers 1", "warm cache (nothing recomputed)", "error vs the true map"]),
 ])

@@ -85,7 +85,11 @@ def test_seg_csvs_and_summary(pipeline):
         assert len(list((out / "images").glob("*.png"))) == len(rows)
     assert "SEG" in pipeline["seg_out"] and "SUP" in pipeline["seg_out"]
     comparison = read_csv(pipeline["runs"] / "SUP" / "test" / "comparison.csv")
-    assert {(r["experiment"], r["reference"]) for r in comparison} == {("SEG", "SUP"), ("CPS", "SUP")}
+    for level in ("image", "run"):
+        assert {(r["experiment"], r["reference"]) for r in comparison if r["level"] == level} == {
+            ("SEG", "SUP"), ("CPS", "SUP")}
+    # one run per experiment: the run level cannot tell, and says so
+    assert all(r["verdict"].startswith("cannot tell") for r in comparison if r["level"] == "run")
     assert "Paired differences against SUP" in pipeline["seg_out"]
 
 

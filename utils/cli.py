@@ -31,11 +31,13 @@ def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = N
                              "(default: 1)")
     if several_exps:
         parser.add_argument("--exp", required=True, nargs="+",
-                            help="experiment name(s) under RUNS; several are scored and shown side by side, "
-                                 "and (seg mode) each is compared with the first one named")
+                            help="experiment name(s) under RUNS; every run of each (RUNS/NAME/seed<S>/fold<K>/, "
+                                 "else RUNS/NAME/fold<K>/) is scored; several are shown side by side, and (seg "
+                                 "mode) each is compared with the first one named, per image and over runs")
     else:
         parser.add_argument("--exp", default=exp_default,
-                            help=f"experiment name; outputs go to RUNS/NAME/fold<K>/ (default: {exp_default})")
+                            help=f"experiment name; outputs go to RUNS/NAME/fold<K>/, with --seeds to "
+                                 f"RUNS/NAME/seed<S>/fold<K>/ (default: {exp_default})")
     parser.add_argument("--runs-dir", default="runs", help="root folder of all outputs (default: runs)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="compute device; auto = cuda when present (default: auto)")
@@ -59,7 +61,7 @@ def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = N
 def add_training_args(parser: argparse.ArgumentParser, epochs: int, iters: int, lr: float,
                       keep: int = 10) -> None:
     """--epochs, --iters, --lr, --batch-size, --resume, --overwrite, --keep-best, --workers,
-    --panel-every, --no-progress."""
+    --threads, --panel-every, --no-progress."""
     parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})")
     parser.add_argument("--iters", type=int, default=iters,
                         help=f"iterations per epoch; each draws random training patients (default: {iters})")
@@ -74,7 +76,12 @@ def add_training_args(parser: argparse.ArgumentParser, epochs: int, iters: int, 
     parser.add_argument("--keep-best", type=int, default=keep,
                         help=f"how many best checkpoints to keep (default: {keep})")
     parser.add_argument("--workers", type=int, default=2,
-                        help="data-loader worker processes; 0 loads in the main process (default: 2)")
+                        help="data-loader worker processes; 0 loads in the main process; results do not depend "
+                             "on it (default: 2)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="CPU threads of torch (default 0: torch's choice, one per core or OMP_NUM_THREADS). "
+                             "A seeded CPU run repeats exactly only with the same thread count (and CPU kind and "
+                             "torch build; docs/COMPARISON.md); each checkpoint records it")
     parser.add_argument("--panel-every", type=int, default=5,
                         help="write a TensorBoard image panel every N epochs (default: 5)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -93,6 +100,8 @@ def check_training_args(args: argparse.Namespace, *positive: str) -> None:
     check_positive(args, "epochs", "iters", "lr", "batch_size", "keep_best", *positive)
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
+    if args.threads < 0:
+        raise InputError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
     seeds = getattr(args, "seeds", None)
     if seeds is not None and len(set(seeds)) < len(seeds):
         raise InputError(f"--seeds {' '.join(map(str, seeds))}: a seed is repeated; each seed is one run")

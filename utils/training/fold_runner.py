@@ -38,7 +38,7 @@ def run_dir_of(args: argparse.Namespace, k: int):
 
 def fit_settings(args: argparse.Namespace, run_dir, k: int) -> FitSettings:
     """The :class:`FitSettings` of the trainers' common flags (``utils.cli.add_training_args``).
-    Every checkpoint also records the CPU thread count (results depend on it; README)."""
+    Every checkpoint also records the CPU thread count (results depend on it; docs/COMPARISON.md)."""
     return FitSettings(run_dir=run_dir, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers,
                        keep_best=args.keep_best, panel_every=args.panel_every, resume=args.resume,
                        progress=not args.no_progress, label=run_label(args, k),
@@ -65,6 +65,11 @@ def train_folds(args: argparse.Namespace, device: torch.device, build: StageBuil
     ``--fold`` (one number, a list or ``all``), seeds in turn, each over the folds."""
     folds = parse_folds(args.fold)
     folder = DatasetFolder(args.data_dir, resize=args.resize)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        print(f"{torch.get_num_threads()} CPU threads (a seeded run repeats exactly with the same thread count, "
+              f"CPU kind and torch build; --threads N pins the count)")
     runs = [args] if not getattr(args, "seeds", None) else [
         argparse.Namespace(**{**vars(args), "seed": seed}) for seed in args.seeds]
     return [train_fold(run_args, k, device, build, folder, need_prealign) for run_args in runs for k in folds]
