@@ -97,6 +97,21 @@ def _bash_array(name: str, commands: list[list[str]]) -> str:
     return f"{name}=(\n" + "\n".join(f"  {shlex.quote(shlex.join(c))}" for c in commands) + "\n)"
 
 
+def _submissions(plan: SweepPlan) -> list[str]:
+    """The bash lines that submit each part after the parts it needs and echo the job ids."""
+    after = {REGISTRATION: PREPARE, SEGMENTATION: REGISTRATION, INDEPENDENT: PREPARE}
+    lines, submitted = [f"{PREPARE}=$(submit {PREPARE} %x-%j.out)"], [PREPARE]
+    for name, commands in plan.parts()[1:-1]:
+        if commands:
+            lines.append(f"{name}=$(submit {name} %x-%A_%a.out --array=0-{len(commands) - 1} "
+                         f"--dependency=afterok:${after[name]})")
+            submitted.append(name)
+    arrays = [name for name in (SEGMENTATION, INDEPENDENT) if name in submitted]
+    lines.append(f"{GATHER}=$(submit {GATHER} %x-%j.out --dependency=afterok:"
+                 + ":".join(f"${name}" for name in arrays) + ")")
+    return lines + ['echo "submitted: ' + ", ".join(f"{job} ${job}" for job in submitted + [GATHER]) + '"']
+
+
 def slurm_script(plan: SweepPlan, root: str | Path, sbatch_args: Sequence[str] = (), setup: str = "",
                  title: str = "SS-MGS sweep") -> str:
     """A bash script that, run as ``bash SCRIPT``, submits the plan with ``sbatch``: prepare; the
@@ -122,21 +137,5 @@ def slurm_script(plan: SweepPlan, root: str | Path, sbatch_args: Sequence[str] =
               '  id=$(sbatch --parsable ${SBATCH_ARGS[@]+"${SBATCH_ARGS[@]}"} --job-name="sweep-$part" '
               '--output="$ROOT/slurm_logs/$log" --export="ALL,SWEEP_PART=$part" "$@" "$SCRIPT")',
               '  echo "${id%%;*}"',
-              "}",
-              "prepare=$(submit prepare %x-%j.out)"]
-    waits = []
-    if plan.registration:
-        lines.append(f"registration=$(submit registration %x-%A_%a.out --array=0-{len(plan.registration) - 1} "
-                     f"--dependency=afterok:$prepare)")
-    if plan.segmentation:
-        lines.append(f"segmentation=$(submit segmentation %x-%A_%a.out --array=0-{len(plan.segmentation) - 1} "
-                     f"--dependency=afterok:$registration)")
-        waits.append("segmentation")
-    if plan.independent:
-        lines.append(f"independent=$(submit independent %x-%A_%a.out --array=0-{len(plan.independent) - 1} "
-                     f"--dependency=afterok:$prepare)")
-        waits.append("independent")
-    lines.append("gather=$(submit gather %x-%j.out --dependency=afterok:" + ":".join(f"${w}" for w in waits) + ")")
-    jobs = ["prepare"] + (["registration"] if plan.registration else []) + waits + ["gather"]
-    lines.append('echo "submitted: ' + ", ".join(f"{job} ${job}" for job in jobs) + '"')
-    return "\n".join(lines) + "\n"
+              "}"]
+    return "\n".join(lines + _submissions(plan)) + "\n"
