@@ -90,7 +90,7 @@ def test_seg_csvs_and_summary(pipeline):
             ("SEG", "SUP"), ("CPS", "SUP")}
     # one run per experiment: the run level cannot tell, and says so
     assert all(r["verdict"].startswith("cannot tell") for r in comparison if r["level"] == "run")
-    assert "Paired differences against SUP" in pipeline["seg_out"]
+    assert "Within runs, per image (experiment - SUP" in pipeline["seg_out"]
 
 
 def test_reg_csvs(pipeline):

@@ -92,7 +92,7 @@ def test_one_test_call_gathers_every_run_at_run_level(grid):
         assert (row["experiment"], row["reference"], row["n"]) == ("SEG", "SUP", "4")
         assert float(row["mean_difference"]) == pytest.approx(want, abs=1e-6)
         assert row["verdict"] in (WITHIN, LARGER) and row["noise_floor_source"] == "seeds"
-        assert row["n_patients"] == "2"  # one test patient in each of the two folds
+        assert int(row["n_patients"]) == len({(r["fold"], r["patient"]) for r in images})  # every test patient
     assert "Over runs (experiment - SUP, paired by fold and seed" in grid["test"]
     assert "Within runs, per image" in grid["test"]
     assert "over 4 runs (2 fold(s) x 2 seed(s))" in grid["test"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import utils.sweep as sweep
+from utils.training import commands
+from utils.training.sweep import AFTER
 from utils.errors import InputError
 from utils.stages.segmentation_methods import METHODS
 
@@ -95,15 +97,45 @@ def test_run_here_runs_every_command_in_order_and_stops_at_a_failure(monkeypatch
         ran.append(command)
         return subprocess.CompletedProcess(command, 1 if fail_on and fail_on in command else 0)
 
-    monkeypatch.setattr(sweep.subprocess, "run", record)
+    monkeypatch.setattr(commands.subprocess, "run", record)
     sweep.main(GRID)
     assert [" ".join(["python", *c[1:]]) for c in ran] == expected_lines()
     assert all(c[0] == sys.executable for c in ran)
     ran.clear()
-    monkeypatch.setattr(sweep.subprocess, "run", lambda c: record(c, fail_on="5fold_Train_Reg.py"))
-    with pytest.raises(InputError, match="sweep step failed.*--fold 1 --exp REG.*--resume"):
+    monkeypatch.setattr(commands.subprocess, "run", lambda c: record(c, fail_on="5fold_Train_Reg.py"))
+    with pytest.raises(InputError, match="step failed.*--fold 1 --exp REG.*--resume"):
         sweep.main(GRID)
     assert len(ran) == 2  # prepare, then the failing registration; nothing after it
+
+
+def test_parallel_commands_wait_for_the_parts_they_need(tmp_path):
+    """Two at once: the registration-free run overlaps registration, the registration
+    methods' runs start only after it ended, the gather after all; logs per command."""
+    events = tmp_path / "events"
+
+    def step(name: str, seconds: float = 0.0, code: int = 0) -> list[str]:
+        body = (f"import time; open({str(events)!r}, 'a').write('start {name}\\n'); time.sleep({seconds}); "
+                f"open({str(events)!r}, 'a').write('end {name}\\n'); print('last words of {name}'); exit({code})")
+        return ["python", "-c", body, "--exp", name]
+
+    tasks = [("prepare", step("P")), ("registration", step("R", 1.0)), ("segmentation", step("S1")),
+             ("segmentation", step("S2")), ("independent", step("I", 0.2)), ("gather", step("G"))]
+    said = []
+    commands.run_parallel(tasks, AFTER, jobs=2, log_dir=tmp_path / "logs", echo=said.append)
+    order = events.read_text().split("\n")[:-1]
+    at = {event: i for i, event in enumerate(order)}
+    assert at["end P"] < at["start R"] and at["end P"] < at["start I"]
+    assert at["start I"] < at["end R"]  # independent of registration: ran beside it
+    assert at["end R"] < at["start S1"] and at["end R"] < at["start S2"]
+    assert max(at["end S1"], at["end S2"], at["end I"]) < at["start G"]
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert len(logs) == 6 and "004_-c_I.log" in logs
+    assert (tmp_path / "logs" / "004_-c_I.log").read_text() == "last words of I\n"
+    assert any(line.startswith("done in") and line.endswith("last words of G") for line in said)
+    failing = [("prepare", step("P2")), ("registration", step("R2", code=3)), ("segmentation", step("S3"))]
+    with pytest.raises(InputError, match=r"step failed \(exit 3\).*its output: .*001_-c_R2.log"):
+        commands.run_parallel(failing, AFTER, jobs=2, log_dir=tmp_path / "logs2", echo=said.append)
+    assert "start S3" not in events.read_text()
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -2,8 +2,8 @@
 
     python -m utils.sweep --data-dir D --methods all --folds all --seeds 1 2 3 [--print | --slurm FILE]
 
-Without ``--print`` / ``--slurm`` the commands run here, one after the other, ending with
-the test script's ``--mode seg`` over every experiment. The methods, and which of them
+Without ``--print`` / ``--slurm`` the commands run here, one after the other (``--jobs J``:
+J at once), ending with the test script's ``--mode seg`` over every experiment. The methods, and which of them
 need a registration network, come from the method registry
 (``utils/stages/segmentation_methods.py``); the plan is :mod:`utils.training.sweep`.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +20,8 @@ from utils.cli import DEFAULT_SEED, OneLineErrorParser
 from utils.errors import InputError, run_cli
 from utils.files import atomic_write
 from utils.stages.segmentation_methods import METHODS, select_methods
-from utils.training.sweep import build_plan, command_lines, slurm_script
+from utils.training.commands import run_in_order, run_parallel
+from utils.training.sweep import AFTER, build_plan, command_lines, slurm_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "of one method only would be an error for the others)")
     parser.add_argument("--resume", action="store_true",
                         help="pass --resume to every training command (continue interrupted runs)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="J",
+                        help="run here: J commands at once, each into RUNS/sweep_logs/ (a command waits for the "
+                             "part it needs); with J > 1 add '--threads 1' (or so) to --reg-args and --seg-args "
+                             "so that the jobs do not compete for the cores (default: 1, one after the other)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--print", action="store_true", dest="print_only",
                      help="write the commands, one per line, in an order that works run one after the other")
@@ -81,22 +85,14 @@ def _split(flag: str, text: str) -> list[str]:
         raise InputError(f"{flag} '{text}': cannot be split into flags ({exc})") from None
 
 
-def run_here(commands: Sequence[Sequence[str]]) -> None:
-    """Run each command in turn (``python`` = this interpreter); stop at the first failure."""
-    for command in commands:
-        print(f"\n$ {shlex.join(command)}", flush=True)
-        result = subprocess.run([sys.executable if c == "python" else c for c in command])
-        if result.returncode != 0:
-            raise InputError(f"sweep step failed (exit {result.returncode}): {shlex.join(command)}; the runs "
-                             f"before it are kept, rerun the sweep with --resume to continue")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if len(set(args.seeds)) < len(args.seeds):
         raise InputError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated")
     if (args.sbatch_args or args.setup) and not args.slurm:
         raise InputError("--sbatch-args and --setup belong to --slurm")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}")
     methods = select_methods(args.methods, [])
     plan = build_plan(methods, {name: METHODS[name].uses_registration for name in methods},
                       parse_folds(args.folds), args.seeds, args.data_dir, args.runs_dir, args.device, args.reg_exp,
@@ -113,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         except OSError as exc:
             raise InputError(f"--slurm {path}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {path}: {len(plan.commands())} commands; submit them with: bash {path}")
+    elif args.jobs == 1:
+        run_in_order(plan.commands())
     else:
-        run_here(plan.commands())
+        run_parallel(plan.tasks(), AFTER, args.jobs, Path(args.runs_dir) / "sweep_logs")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from typing import Mapping, Sequence
 
 PREPARE, REGISTRATION, SEGMENTATION, INDEPENDENT, GATHER = (
     "prepare", "registration", "segmentation", "independent", "gather")
+#: The parts each part waits for (here and in the SLURM script).
+AFTER = {REGISTRATION: (PREPARE,), SEGMENTATION: (REGISTRATION,), INDEPENDENT: (PREPARE,),
+         GATHER: (SEGMENTATION, INDEPENDENT)}
 
 
 @dataclass
@@ -48,6 +51,11 @@ class SweepPlan:
     def commands(self) -> list[list[str]]:
         return [command for _, commands in self.parts() for command in commands]
 
+    def tasks(self, parts: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
+        """``(part, command)`` of ``parts`` (default: all), in order."""
+        return [(name, command) for name, commands in self.parts() if parts is None or name in parts
+                for command in commands]
+
 
 def experiment_name(method: str, prefix: str = "") -> str:
     """The experiment (folder under RUNS) of a method's runs: ``<prefix><method>``."""
@@ -63,10 +71,12 @@ def build_plan(methods: Sequence[str], needs_registration: Mapping[str, bool], f
                seeds: Sequence[int], data_dir: str, runs_dir: str = "runs", device: str = "auto",
                reg_exp: str = "REG", prefix: str = "", reg_per_seed: bool = False,
                resize: Sequence[int] | None = None, reg_args: Sequence[str] = (), seg_args: Sequence[str] = (),
-               resume: bool = False) -> SweepPlan:
+               resume: bool = False, names: Mapping[str, str] | None = None) -> SweepPlan:
     """The commands of ``methods`` x ``folds`` x ``seeds`` (module docstring). ``reg_args`` /
     ``seg_args``: extra flags of every registration / segmentation command (common
-    trainer flags such as ``--epochs``; a method's own flag would fail the other methods)."""
+    trainer flags such as ``--epochs``; a method's own flag would fail the other methods).
+    ``names``: experiment names of (some) methods instead of ``<prefix><method>``."""
+    names = {m: (names or {}).get(m) or experiment_name(m, prefix) for m in methods}
     size = ["--resize", *map(str, resize)] if resize else []
     where = ["--data-dir", str(data_dir), "--runs-dir", str(runs_dir), "--device", device, *size]
     again = ["--resume"] if resume else []
@@ -78,11 +88,11 @@ def build_plan(methods: Sequence[str], needs_registration: Mapping[str, bool], f
     for method in methods:
         uses = needs_registration[method]
         runs = [["python", "5fold_Train_SS_MGS.py", *where, "--fold", str(k), "--seeds", str(s),
-                 "--exp", experiment_name(method, prefix), "--method", method,
+                 "--exp", names[method], "--method", method,
                  *(["--reg-exp", reg_exp] if uses else []), *seg_args, *again] for k in folds for s in seeds]
         (plan.segmentation if uses else plan.independent).extend(runs)
     plan.gather = [["python", "5fold_Test_Reg_or_Seg.py", "--mode", "seg", *where, "--fold", fold_text(folds),
-                    "--exp", *(experiment_name(m, prefix) for m in methods)]]
+                    "--exp", *(names[m] for m in methods)]]
     return plan
 
 
@@ -99,17 +109,15 @@ def _bash_array(name: str, commands: list[list[str]]) -> str:
 
 def _submissions(plan: SweepPlan) -> list[str]:
     """The bash lines that submit each part after the parts it needs and echo the job ids."""
-    after = {REGISTRATION: PREPARE, SEGMENTATION: REGISTRATION, INDEPENDENT: PREPARE}
     lines, submitted = [f"{PREPARE}=$(submit {PREPARE} %x-%j.out)"], [PREPARE]
-    for name, commands in plan.parts()[1:-1]:
+    for name, commands in plan.parts()[1:]:
         if commands:
-            lines.append(f"{name}=$(submit {name} %x-%A_%a.out --array=0-{len(commands) - 1} "
-                         f"--dependency=afterok:${after[name]})")
+            waits = ":".join(f"${part}" for part in AFTER[name] if part in submitted)
+            array = f" --array=0-{len(commands) - 1}" if name != GATHER else ""
+            log = "%x-%A_%a.out" if array else "%x-%j.out"
+            lines.append(f"{name}=$(submit {name} {log}{array} --dependency=afterok:{waits})")
             submitted.append(name)
-    arrays = [name for name in (SEGMENTATION, INDEPENDENT) if name in submitted]
-    lines.append(f"{GATHER}=$(submit {GATHER} %x-%j.out --dependency=afterok:"
-                 + ":".join(f"${name}" for name in arrays) + ")")
-    return lines + ['echo "submitted: ' + ", ".join(f"{job} ${job}" for job in submitted + [GATHER]) + '"']
+    return lines + ['echo "submitted: ' + ", ".join(f"{job} ${job}" for job in submitted) + '"']
 
 
 def slurm_script(plan: SweepPlan, root: str | Path, sbatch_args: Sequence[str] = (), setup: str = "",
