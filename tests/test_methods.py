@@ -149,4 +149,4 @@ def test_test_script_compares_every_method_with_the_first(tiny):
     for row in rows:
         assert float(row["ci_low"]) <= float(row["mean_difference"]) <= float(row["ci_high"])
         assert 0.0 <= float(row["wilcoxon_p"]) <= 1.0
-    assert "Paired differences against supervised_straight" in result.stdout
+    assert "Within runs, per image (experiment - supervised_straight" in result.stdout
