@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataloaders.splits import make_folds
 from utils.evaluation.run_comparison import LARGER, WITHIN
 from utils.evaluation.summaries import SEG_METRICS
+from utils.synthetic.generate import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +33,8 @@ def read_csv(path: Path) -> list[dict]:
 def grid(tmp_path_factory):
     base = tmp_path_factory.mktemp("seeds")
     data, runs = base / "data", base / "runs"
-    run("-m", "utils.make_demo_data", str(data), "--patients", "7", "--images-per-patient", "3",
-        "--size", "64", "32", "--seed", "2", "--no-progress")
-    run("-m", "utils.make_folds", str(data))
+    generate_dataset(data, patients=7, images_per_patient=3, size=(64, 32), seed=2, progress=False)
+    make_folds(data)
     common = ["--data-dir", str(data), "--fold", "1,2", "--runs-dir", str(runs), "--device", "cpu", "--workers", "0",
               "--no-progress", "--panel-every", "0", "--iters", "1"]
     run("5fold_Train_Reg.py", *common, "--exp", "REG", "--epochs", "1")  # one registration per fold
@@ -42,7 +43,7 @@ def grid(tmp_path_factory):
     resumed = run("5fold_Train_SS_MGS.py", *common, "--exp", "SUP", "--method", "supervised", "--seeds", "1", "2",
                   "--epochs", "2", "--resume")
     seg = run("5fold_Train_SS_MGS.py", *common, "--exp", "SEG", "--reg-exp", "REG", "--seeds", "1", "2",
-              "--epochs", "2", "--negatives", "10")
+              "--epochs", "1", "--negatives", "10")
     test = run("5fold_Test_Reg_or_Seg.py", "--mode", "seg", "--data-dir", str(data), "--fold", "1,2", "--runs-dir",
                str(runs), "--device", "cpu", "--no-progress", "--exp", "SUP", "SEG")
     return {"runs": runs, "resumed": resumed, "seg": seg, "test": test}

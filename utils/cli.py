@@ -48,8 +48,9 @@ def add_common_args(parser: argparse.ArgumentParser, exp_default: str | None = N
                                 f"(default: {DEFAULT_SEED})")
         seeds.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                            help="one run per seed, each in RUNS/NAME/seed<S>/fold<K>/ (a single --seeds S "
-                                "too), seeded with S + K; the seeds are replicates for the run-level "
-                                "comparison of the test script. --resume continues each seed and fold")
+                                "too), seeded with S + K (seeds 5 or more apart never share a stream); the "
+                                "seeds are replicates for the run-level comparison of the test script. "
+                                "--resume continues each seed and fold")
     else:
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                             help=f"random seed (default: {DEFAULT_SEED})")
