@@ -4,17 +4,19 @@
     python 5fold_Test_Reg_or_Seg.py --mode reg --data-dir D --fold all --exp REG [--save-images]
     python 5fold_Test_Reg_or_Seg.py --mode predict --exp SEG --fold all --input IMG_DIR --output OUT_DIR
 
-seg and reg write RUNS/EXP/test/per_image.csv (per_pair.csv) and summary.csv and
-print tables (seg: the pixel metrics, and clDice, gland-level detection and AJI of
-utils.evaluation.instance_metrics). seg also compares the clinical measures on predicted
-and true masks (measures.csv, clinical_summary.csv, Bland-Altman and confusion-matrix
-PNGs; with --grades, the estimated meiboscore with clinicians' grades, calibrated with
---calibration), and with several --exp every experiment with the first
-(paired differences, bootstrap interval, Wilcoxon p-value) in
-RUNS/<first>/test/comparison.csv. predict writes OUT_DIR/masks/, overlays/,
-gland_area.csv, glands.csv and images.csv (--eyelid-exp: eyelid masks and the
-eyelid-dependent measures). Each fold's model is its best checkpoint on val
-(best.json), never one chosen on test.
+seg and reg score every run of each fold (each RUNS/EXP/seed<S>/fold<K>/, or the one
+RUNS/EXP/fold<K>/) and write RUNS/EXP/test/per_image.csv (per_pair.csv), runs.csv (one
+row per run) and summary.csv and print tables (seg: the pixel metrics, and clDice,
+gland-level detection and AJI of utils.evaluation.instance_metrics). seg also compares
+the clinical measures on predicted and true masks of one run per fold (measures.csv,
+clinical_summary.csv, Bland-Altman and confusion-matrix PNGs; with --grades, the
+estimated meiboscore with clinicians' grades, calibrated with --calibration), and with
+several --exp every experiment with the first, within runs (per image: bootstrap
+interval, Wilcoxon p) and over runs (t interval, sign-flip p, patient-level interval,
+noise floor, verdict; docs/COMPARISON.md), in RUNS/<first>/test/comparison.csv. predict
+writes OUT_DIR/masks/, overlays/, gland_area.csv, glands.csv and images.csv
+(--eyelid-exp: eyelid masks and the eyelid-dependent measures). Each fold's model is
+its best checkpoint on val (best.json), never one chosen on test.
 """
 from __future__ import annotations
 
@@ -38,18 +40,20 @@ from utils.clinical.calibration import load_calibration
 from utils.clinical.measures import default_settings
 from utils.clinical.report import measure_pair, write_report
 from utils.errors import InputError, run_cli
-from utils.evaluation.comparison import COLUMNS as COMPARISON_COLUMNS
 from utils.evaluation.comparison import compare, format_comparison
 from utils.evaluation.loops import evaluate_registration, evaluate_segmentation
 from utils.evaluation.metrics import HD95_EMPTY_POLICY, masks_from_scores
 from utils.evaluation.prediction import check_targets, gland_probability, load_fold_models, predict_folder
+from utils.evaluation.run_comparison import COMPARISON_COLUMNS, RUN_COLUMNS
+from utils.evaluation.run_comparison import (difference_rows, experiment_rows, format_differences,
+                                             format_experiments, run_means)
 from utils.evaluation.savers import registration_panel_saver, segmentation_overlay_saver
 from utils.evaluation.summaries import (REG_COLUMNS, REG_METRICS, SEG_COLUMNS, SEG_METRICS, SEG_PIXEL_METRICS,
                                         SEG_THIN_METRICS, summary_columns, summary_rows, table_lines)
 from utils.files import write_csv
 from utils.stages.registration import load_registration_network
 from utils.stages.segmentation_methods import method_of, training_setting
-from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
+from utils.training.checkpoints import find_best_checkpoint, find_runs, load_network
 from utils.training.runtime import select_device, use_amp
 
 
@@ -90,29 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def checkpoint_for(args: argparse.Namespace, exp: str, k: int, trainer: str) -> Path:
+def runs_of(args: argparse.Namespace, exp: str, k: int, trainer: str) -> list[tuple[int | None, Path]]:
+    """``(seed of its seed<S> folder or None, best checkpoint)`` of every run of ``exp`` and fold
+    ``k`` (``utils.training.checkpoints.find_runs``), or the one ``--checkpoint``."""
     if args.checkpoint:
-        return Path(args.checkpoint)
-    return find_best_checkpoint(run_dir_for(args.runs_dir, exp, k),
-                                hint=f"python {trainer} --data-dir {args.data_dir} --fold {k} --exp {exp}")
+        return [(None, Path(args.checkpoint))]
+    hint = f"python {trainer} --data-dir {args.data_dir} --fold {k} --exp {exp}"
+    return [(run.seed, find_best_checkpoint(run.run_dir, hint)) for run in find_runs(args.runs_dir, exp, k, hint)]
 
 
-def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, csv_name: str,
-                      columns: list[str], metrics: list[str], tables: list[tuple[str, list[str]]]
-                      ) -> dict[str, list[dict]]:
-    """For each ``--exp``: rows of every fold (``score_fold(exp, k, folder, out_dir)``), the
-    per-item CSV, summary.csv, and one line of each printed side-by-side table (``tables``:
-    ``(title, metrics)``). Returns the rows by experiment."""
+def run_seed(folder_seed: int | None, trained: dict) -> int | None:
+    """A run's seed: that of its seed<S> folder, else the ``--seed`` saved in its checkpoint."""
+    return folder_seed if folder_seed is not None else trained.get("seed")
+
+
+def score_experiments(args: argparse.Namespace, folds: list[int], score_run, csv_name: str,
+                      columns: list[str], metrics: list[str], tables: list[tuple[str, list[str]]],
+                      trainer: str) -> dict[str, list[dict]]:
+    """For each ``--exp``: rows of every run of every fold (``score_run(exp, k, folder seed,
+    checkpoint, folder, out_dir)``, rows tagged with their ``seed``), the per-item CSV,
+    runs.csv (one row per run), summary.csv, and one line of each printed side-by-side
+    table (``tables``: ``(title, metrics)``). Returns the rows by experiment."""
     folder = DatasetFolder(args.data_dir, resize=args.resize)
     table, scored = [], {}
     for exp in args.exp:
         out_dir = Path(args.runs_dir) / exp / "test"
-        rows = [row for k in folds for row in score_fold(exp, k, folder, out_dir)]
+        rows = [row for k in folds for seed, path in runs_of(args, exp, k, trainer)
+                for row in score_run(exp, k, seed, path, folder, out_dir)]
         write_csv(out_dir / csv_name, rows, columns)
+        write_csv(out_dir / "runs.csv", run_means(rows, metrics), RUN_COLUMNS + metrics)
         summary = summary_rows(rows, metrics, folds)
         write_csv(out_dir / "summary.csv", summary, summary_columns(metrics, summary))
         empties = summary[-1].get("hd95_empty_cases", 0)
-        print(f"{exp}: {len(rows)} rows -> {out_dir / csv_name}, {out_dir / 'summary.csv'}"
+        print(f"{exp}: {len(rows)} rows -> {out_dir / csv_name}, {out_dir / 'runs.csv'}, {out_dir / 'summary.csv'}"
               + (f"; {empties} image(s) with an empty mask ({HD95_EMPTY_POLICY})" if empties else ""))
         table.append((exp, summary[-1]))
         scored[exp] = rows
@@ -122,18 +136,33 @@ def score_experiments(args: argparse.Namespace, folds: list[int], score_fold, cs
 
 
 def print_comparison(args: argparse.Namespace, scored: dict[str, list[dict]], metrics: list[str]) -> None:
-    """Every experiment against the first one named: paired differences with a bootstrap
-    interval and the Wilcoxon p-value, printed and written to RUNS/<first>/test/comparison.csv."""
+    """Each experiment's runs (mean +- sd over its (fold, seed) runs) when one has several; with
+    several --exp, every experiment against the first one named, within runs (per image) and
+    over runs (utils.evaluation.run_comparison), printed and written to
+    RUNS/<first>/test/comparison.csv."""
+    runs = {exp: run_means(rows, metrics) for exp, rows in scored.items()}
+    spreads = experiment_rows(runs, metrics)
+    if max(len(r) for r in runs.values()) > 1:
+        print("\nRuns: each (fold, seed) run is one sample, its value the mean over its test images "
+              "(mean +- sd over runs; sd over folds, and over seeds within a fold)")
+        print("\n".join(format_experiments(spreads)))
     reference, *others = args.exp
     if not others:
         return
-    rows = [row for exp in others
-            for row in compare(scored[reference], scored[exp], metrics, reference, exp, seed=args.seed)]
+    images = [row for exp in others
+              for row in compare(scored[reference], scored[exp], metrics, reference, exp, seed=args.seed)]
+    differences = [row for exp in others
+                   for row in difference_rows(reference, runs[reference], scored[reference], exp, runs[exp],
+                                              scored[exp], metrics, seed=args.seed)]
     path = Path(args.runs_dir) / reference / "test" / "comparison.csv"
-    write_csv(path, rows, COMPARISON_COLUMNS)
-    print(f"\nPaired differences against {reference} (experiment - {reference}; mean over the same test images, "
-          f"95 % bootstrap interval, two-sided Wilcoxon signed-rank p; HD95: lower is better) -> {path}")
-    print("\n".join(format_comparison(rows)))
+    write_csv(path, spreads + differences + images, COMPARISON_COLUMNS)
+    print(f"\nWithin runs, per image (experiment - {reference} on the same test images of the same fold and seed; "
+          f"95 % bootstrap interval over images, Wilcoxon p): blind to training noise, optimistic")
+    print("\n".join(format_comparison(images)))
+    print(f"\nOver runs (experiment - {reference}, paired by fold and seed; 95 % t interval over runs, exact "
+          f"sign-flip p; within-run: 95 % interval with test patients resampled; noise floor: {reference}'s "
+          f"run-to-run sd; HD95: lower is better) -> {path}")
+    print("\n".join(format_differences(differences)))
 
 
 def calibration_of(args: argparse.Namespace):
@@ -158,30 +187,37 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
         raise InputError("--mode seg uses --calibration to compare the calibrated meiboscore with --grades: pass both")
     calibration = calibration_of(args)
     measured: dict[str, tuple[list[dict], list[dict]]] = {}
+    clinical_runs: dict[tuple[str, int], int | None] = {}  # (exp, fold) -> the seed whose masks are measured
     settings: dict[str, str] = {}  # training setting -> the first experiment trained with it
 
-    def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
+    def score_run(exp: str, k: int, folder_seed: int | None, path: Path, folder: DatasetFolder,
+                  out_dir: Path) -> list[dict]:
         data = open_fold(args.data_dir, k, folder=folder, need_prealign=False)
-        net, state = load_network(checkpoint_for(args, exp, k, "5fold_Train_SS_MGS.py"), SegmentationNet(), device)
+        net, state = load_network(path, SegmentationNet(), device)
         trained = state.get("args") or {}
-        print(f"{exp} fold {k}: {method_of(trained)}")
+        seed = run_seed(folder_seed, trained)
+        print(f"{exp} fold {k} seed {seed}: {method_of(trained)}")
         settings.setdefault(training_setting(trained), exp)
         target = trained.get("target", "gland")
-        keepers = [segmentation_overlay_saver(out_dir / "images")] if args.save_images else []
-        if target == "gland":
-            eyelid_models = eyelid_models_of(args, [k], device)
+        images = out_dir / "images" / ("" if folder_seed is None else f"seed{folder_seed}")
+        keepers = [segmentation_overlay_saver(images)] if args.save_images else []
+        if target == "gland" and (exp, k) not in clinical_runs:  # one run per fold: image names stay unique
+            clinical_runs[(exp, k)] = seed
             keepers.append(measure_collector(folder, measured.setdefault(exp, ([], [])), args.pixel_size,
-                                             eyelid_models, device, amp))
-        return evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test, target), device, k,
+                                             eyelid_models_of(args, [k], device), device, amp))
+        rows = evaluate_segmentation(net, SegmentationEvalSet(data.folder, data.fold.test, target), device, k,
                                      amp=amp, pixel_size=args.pixel_size, progress=not args.no_progress,
                                      keep_outputs=lambda batch, pred: [keep(batch, pred) for keep in keepers],
                                      thin_structures=True)
+        return [{**row, "seed": seed} for row in rows]
 
     unit = "pixels" if args.pixel_size == 1 else "units of --pixel-size"
-    tables = [(f"Segmentation of test images (mean +- std over images; HD95 in {unit})", SEG_PIXEL_METRICS),
-              ("Thin structures and glands (mean +- std over images; glands_merged, glands_split: glands per "
-               "image)", SEG_THIN_METRICS)]
-    scored = score_experiments(args, folds, score_fold, "per_image.csv", SEG_COLUMNS, SEG_METRICS, tables)
+    tables = [(f"Segmentation of test images (mean +- std over the images of every run; HD95 in {unit})",
+               SEG_PIXEL_METRICS),
+              ("Thin structures and glands (mean +- std over the images of every run; glands_merged, "
+               "glands_split: glands per image)", SEG_THIN_METRICS)]
+    scored = score_experiments(args, folds, score_run, "per_image.csv", SEG_COLUMNS, SEG_METRICS, tables,
+                               "5fold_Train_SS_MGS.py")
     if len(settings) > 1:
         print("\nwarning: these models were trained with different settings ("
               + "; ".join(f"{exp}: {setting}" for setting, exp in settings.items())
@@ -189,6 +225,10 @@ def test_segmentation(args: argparse.Namespace, folds: list[int], device: torch.
               "--augment and --dropout")
     print_comparison(args, scored, SEG_METRICS)
     for exp, (pred_rows, true_rows) in measured.items():
+        seeds = {k: seed for (name, k), seed in clinical_runs.items() if name == exp}
+        if len(run_means(scored[exp], [])) > len(seeds):
+            print(f"\n{exp}: clinical measures of one run per fold ("
+                  + ", ".join(f"seed {seed} of fold {k}" for k, seed in seeds.items()) + ")")
         print("\n".join(write_report(Path(args.runs_dir) / exp / "test", exp, pred_rows, true_rows, grades,
                                       calibration)))
 
@@ -215,22 +255,28 @@ def measure_collector(folder: DatasetFolder, rows: tuple[list[dict], list[dict]]
 def test_registration(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
     if args.calibration or args.eyelid_exp:
         raise InputError("--calibration and --eyelid-exp belong to --mode seg and predict (clinical measures)")
-    def score_fold(exp: str, k: int, folder: DatasetFolder, out_dir: Path) -> list[dict]:
-        data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
-        net, _ = load_registration_network(checkpoint_for(args, exp, k, "5fold_Train_Reg.py"), device)
-        save = registration_panel_saver(out_dir / "images") if args.save_images else None
-        return evaluate_registration(net, RegistrationPairSet(data.folder, data.fold.test, data.prealign),
-                                     device, k, progress=not args.no_progress, keep_outputs=save)
 
-    score_experiments(args, folds, score_fold, "per_pair.csv", REG_COLUMNS, REG_METRICS,
-                      [("Registration of ordered test pairs (mean +- std over pairs)", REG_METRICS)])
+    def score_run(exp: str, k: int, folder_seed: int | None, path: Path, folder: DatasetFolder,
+                  out_dir: Path) -> list[dict]:
+        data = open_fold(args.data_dir, k, folder=folder, progress=not args.no_progress)
+        net, state = load_registration_network(path, device)
+        seed = run_seed(folder_seed, state.get("args") or {})
+        images = out_dir / "images" / ("" if folder_seed is None else f"seed{folder_seed}")
+        save = registration_panel_saver(images) if args.save_images else None
+        rows = evaluate_registration(net, RegistrationPairSet(data.folder, data.fold.test, data.prealign),
+                                     device, k, progress=not args.no_progress, keep_outputs=save)
+        return [{**row, "seed": seed} for row in rows]
+
+    score_experiments(args, folds, score_run, "per_pair.csv", REG_COLUMNS, REG_METRICS,
+                      [("Registration of ordered test pairs (mean +- std over the pairs of every run)", REG_METRICS)],
+                      "5fold_Train_Reg.py")
 
 
 def predict(args: argparse.Namespace, folds: list[int], device: torch.device) -> None:
     if not args.input or not args.output:
         raise InputError("--mode predict needs --input IMG_DIR and --output OUT_DIR")
     if len(args.exp) != 1:
-        raise InputError("--mode predict takes one --exp (its folds form the ensemble)")
+        raise InputError("--mode predict takes one --exp (its folds' runs form the ensemble)")
     in_dir, out_dir = Path(args.input), Path(args.output)
     if not in_dir.is_dir():
         raise InputError(f"--input {in_dir} is not a folder")
@@ -247,7 +293,7 @@ def predict(args: argparse.Namespace, folds: list[int], device: torch.device) ->
     eyelid_models = eyelid_models_of(args, folds, device)
     count = predict_folder(files, out_dir, models, eyelid_models, device, amp, args.pixel_size,
                            progress=not args.no_progress, calibration=calibration)
-    print(f"{count} images segmented with {len(models)} fold model(s)"
+    print(f"{count} images segmented with {len(models)} model(s) (every run of the folds)"
           + (f" and {len(eyelid_models)} eyelid model(s)" if eyelid_models else "") + f" -> {out_dir}")
 
 

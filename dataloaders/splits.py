@@ -3,8 +3,10 @@
 The command is ``python -m utils.make_folds``; the file format is :mod:`dataloaders.folds`.
 
 Splitting (docs/METHOD.md section 1): the patients are dealt into five test sets that
-partition them (5-fold cross-validation); in fold k, val is 1/8 of the other
-patients (at least one when possible) and the rest train, about 7:1:2. Patients
+partition them (5-fold cross-validation); in fold k, val is ``val_fraction`` (default
+1/8) of the other patients (at least one when possible) and the rest train, about
+7:1:2. A fold with fewer than :data:`MIN_VAL_PATIENTS` val patients is a warning:
+checkpoint selection on one or two patients is noise (docs/COMPARISON.md). Patients
 with a single image cannot be registered: they never train (they go to val or
 test). Every evaluable patient is in some test set; a patient with an image
 that has no label cannot be evaluated, so it trains in every fold instead.
@@ -35,6 +37,7 @@ from utils.errors import InputError, short_list
 DEFAULT_PATIENT_REGEX = r"^(.+)_[^_]+$"
 DEFAULT_SEED = 3407
 VAL_FRACTION = 1 / 8
+MIN_VAL_PATIENTS = 3
 
 
 def _warn(message: str) -> None:
@@ -133,13 +136,17 @@ def patient_ids(names: Iterable[str], regex: str | None = None,
 
 # ----------------------------------------------------------------------------- splitting
 
-def split_patients(patients: dict[str, list[str]], seed: int = DEFAULT_SEED) -> list[dict[str, list[str]]]:
+def split_patients(patients: dict[str, list[str]], seed: int = DEFAULT_SEED,
+                   val_fraction: float = VAL_FRACTION) -> list[dict[str, list[str]]]:
     """Patient -> images map -> five ``{"train", "val", "test"}`` lists of patient ids (sorted).
 
     Test sets partition the patients (single-image patients are dealt evenly too);
-    val = 1/8 of the rest, at least one multi-image patient when train keeps one,
-    plus every single-image patient of the rest (they cannot train).
+    val = ``val_fraction`` of the rest (rounded half up), at least one multi-image
+    patient and at most all but one of them (train keeps one), plus every single-image
+    patient of the rest (they cannot train).
     """
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if len(patients) < NUM_FOLDS:
         raise InputError(f"found {len(patients)} patient(s) ({short_list(sorted(patients))}); "
                          f"{NUM_FOLDS}-fold cross-validation needs at least {NUM_FOLDS}; "
@@ -159,7 +166,7 @@ def split_patients(patients: dict[str, list[str]], seed: int = DEFAULT_SEED) -> 
             raise InputError(f"too few patients with two or more images ({len(multi)} of {len(patients)}) "
                              f"to give fold {k} a training patient; add patients or check "
                              f"--patient-regex / --patient-csv (every image now makes its own patient?)")
-        n_val = max(1, _round_half_up((len(rest_multi) + len(rest_single)) * VAL_FRACTION))
+        n_val = max(1, _round_half_up((len(rest_multi) + len(rest_single)) * val_fraction))
         n_val_multi = min(max(n_val - len(rest_single), 1), len(rest_multi) - 1)
         val_multi = random.Random(f"{seed}:val:{k}").sample(rest_multi, n_val_multi)
         folds.append({
@@ -205,17 +212,34 @@ def _train_only_patients(folder: DatasetFolder, patients: dict[str, list[str]]) 
     return train_only, dropped
 
 
+def warn_small_val(splits: list[dict[str, list[str]]], val_fraction: float) -> None:
+    """The warning for folds with fewer than :data:`MIN_VAL_PATIENTS` val patients, with the
+    ``--val-fraction`` that would give them enough (and what it costs train)."""
+    small = [(k, len(split["val"])) for k, split in enumerate(splits, start=1) if len(split["val"]) < MIN_VAL_PATIENTS]
+    if not small:
+        return
+    rest = min(len(split["train"]) + len(split["val"]) for split in splits)
+    needed = math.ceil(100 * (MIN_VAL_PATIENTS - 0.5) / rest) / 100
+    way = (f"pass --val-fraction {needed:g} (train keeps about {rest - MIN_VAL_PATIENTS} of {rest} non-test "
+           f"patients) or add patients" if rest > MIN_VAL_PATIENTS else "add patients")
+    _warn(f"fold(s) {', '.join(str(k) for k, _ in small)} select checkpoints on fewer than {MIN_VAL_PATIENTS} val "
+          f"patients ({', '.join(str(n) for _, n in small)} with --val-fraction {val_fraction:g}): selection on one "
+          f"or two patients is noise that the test comparison sees only over several seeds; {way}")
+
+
 def make_folds(data_dir: str | os.PathLike, patient_regex: str | None = DEFAULT_PATIENT_REGEX,
                patient_csv: str | os.PathLike | None = None, labelled_per_patient: int = 1,
                labelled_patients: float = 1.0, seed: int = DEFAULT_SEED,
-               resize: tuple[int, int] | None = None, overwrite: bool = False) -> list[dict]:
+               resize: tuple[int, int] | None = None, overwrite: bool = False,
+               val_fraction: float = VAL_FRACTION) -> list[dict]:
     """Write ``data_dir/train_dict{1..5}.json`` and return the five fold dicts.
 
     ``labelled_per_patient``: Atlas images per labelled training patient (at most
     its image count - 1, so that one stays unlabelled); ``labelled_patients``:
     fraction in (0, 1] of each fold's training patients that get Atlas images
     (at least one), the others get ``"Atlas": []``. ``resize``: ``(W, H)`` for
-    datasets with mixed image sizes. Existing fold files with different content
+    datasets with mixed image sizes. ``val_fraction``: the share of each fold's non-test
+    patients in val (:func:`split_patients`). Existing fold files with different content
     are only replaced with ``overwrite=True``; identical ones are left alone.
     """
     if labelled_per_patient < 1:
@@ -242,7 +266,8 @@ def make_folds(data_dir: str | os.PathLike, patient_regex: str | None = DEFAULT_
         _warn(f"{len(singles)} patient(s) have a single image and cannot be registered, so they are "
               f"kept out of every train set (they go to val/test): {short_list(singles, 10)}")
 
-    splits = split_patients(evaluable, seed)
+    splits = split_patients(evaluable, seed, val_fraction)
+    warn_small_val(splits, val_fraction)
     for split in splits:
         split["train"] = sorted(split["train"] + train_only)
     folds: list[dict] = []

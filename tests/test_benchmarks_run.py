@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
     ("bench_synthetic_regime.py", ["--patients", "5", "--size", "96", "48", "--seeds", "0", "--folds", "2"],
      ["10 lids at 96 x 48", "ratio", "span error max",
       "default meiboscore (span) acc, kappa", "calibrated CV acc, kappa", "real:", "seconds per generated image"]),
+    ("bench_repeatability.py", ["--patients", "6", "--size", "64", "32", "--epochs", "1", "--iters", "1",
+                                "--variants", "0"],
+     ["reference (1 thread, 0 workers)", "val IoU", "max |weight - reference| 0  identical"]),
     ("bench_prealign.py", ["--patients", "2", "--images", "2", "--size", "96", "48", "--workers", "1"],
      ["pairs 4  workers 1", "warm cache (nothing recomputed)", "error vs the true map"]),
 ])

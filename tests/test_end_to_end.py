@@ -88,8 +88,12 @@ def test_seg_csvs_and_summary(pipeline):
         assert len(list((out / "images").glob("*.png"))) == len(rows)
     assert "SEG" in pipeline["seg_out"] and "SUP" in pipeline["seg_out"]
     comparison = read_csv(pipeline["runs"] / "SUP" / "test" / "comparison.csv")
-    assert {(r["experiment"], r["reference"]) for r in comparison} == {("SEG", "SUP"), ("CPS", "SUP")}
-    assert "Paired differences against SUP" in pipeline["seg_out"]
+    for level in ("image", "run"):
+        assert {(r["experiment"], r["reference"]) for r in comparison if r["level"] == level} == {
+            ("SEG", "SUP"), ("CPS", "SUP")}
+    # one run per experiment: the run level cannot tell, and says so
+    assert all(r["verdict"].startswith("cannot tell") for r in comparison if r["level"] == "run")
+    assert "Within runs, per image (experiment - SUP" in pipeline["seg_out"]
     assert "Thin structures and glands" in pipeline["seg_out"] and "gland_f1" in pipeline["seg_out"]
     assert {r["metric"] for r in comparison} == set(SEG_METRICS)
 

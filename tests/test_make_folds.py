@@ -343,3 +343,25 @@ def test_cli_usage_errors_are_one_line_exit_2(tmp_path, capsys, args, expected):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and expected in err
+
+
+def test_few_val_patients_warn_and_val_fraction_gives_more(tmp_path, capsys):
+    """12 patients (the demo): val 1/8 of 9-10 non-test patients = 1 per fold -> a warning naming
+    the --val-fraction that gives 3; with it every fold selects on 3 patients and nothing is said."""
+    root = write_dataset(tmp_path, uniform(12, 2))
+    folds = make_folds(root)
+    assert [len(f["val"]) for f in folds] == [1] * 5
+    warning = capsys.readouterr().err
+    assert "fold(s) 1, 2, 3, 4, 5 select checkpoints on fewer than 3 val patients" in warning
+    assert "--val-fraction 0.28" in warning  # round half up of 9 * 0.28 = 2.52 -> 3
+    folds = make_folds(root, val_fraction=0.28, overwrite=True)
+    assert [len(f["val"]) for f in folds] == [3] * 5
+    assert all(len(f["train"]) + len(f["val"]) + len(f["test"]) == 12 for f in folds)
+    assert "val patients" not in capsys.readouterr().err
+    assert run_cli_code(["--val-fraction", "1", str(root)]) == 2
+
+
+def run_cli_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    return exit_info.value.code

@@ -280,14 +280,14 @@ def test_test_script_compares_every_method_with_the_first(tiny):
                              "--exp", *exps], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     with open(runs / exps[0] / "test" / "comparison.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        rows = [r for r in csv.DictReader(handle) if r["level"] == "image"]  # per image, one run each
     assert {r["experiment"] for r in rows} == set(exps[1:]) and {r["reference"] for r in rows} == {exps[0]}
     assert {r["metric"] for r in rows} == set(SEG_METRICS)
     for row in rows:
         assert float(row["ci_low"]) <= float(row["mean_difference"]) <= float(row["ci_high"])
         assert 0.0 <= float(row["wilcoxon_p"]) <= 1.0
-    assert "Paired differences against supervised_straight" in result.stdout
-    assert "ua-mt_straight fold 1: ua-mt (augment none, dropout 0)" in result.stdout
+    assert "Within runs, per image (experiment - supervised_straight" in result.stdout
+    assert "ua-mt_straight fold 1 seed 3407: ua-mt (augment none, dropout 0)" in result.stdout
     assert "trained with different settings" not in result.stdout
 
 
@@ -299,6 +299,6 @@ def test_test_script_warns_when_the_compared_models_differ_in_augmentation_or_dr
                              "--exp", "ua-mt_straight", augmented], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"{augmented} fold 1: ua-mt (augment flip-rotate, dropout 0.3)" in result.stdout
+    assert f"{augmented} fold 1 seed 3407: ua-mt (augment flip-rotate, dropout 0.3)" in result.stdout
     assert ("trained with different settings (ua-mt_straight: augment none, dropout 0; "
             f"{augmented}: augment flip-rotate, dropout 0.3)") in result.stdout

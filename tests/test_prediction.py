@@ -13,14 +13,15 @@ from utils.evaluation.prediction import gland_probability, load_fold_models
 CPU = torch.device("cpu")
 
 
-def _fake_run(runs, exp: str, k: int, seed: int, resize=None) -> None:
-    """``RUNS/EXP/fold<k>`` with one (randomly initialised) best checkpoint, as a trainer leaves it."""
+def _fake_run(runs, exp: str, k: int, seed: int, resize=None, folder: str = "") -> None:
+    """``RUNS/EXP/[folder/]fold<k>`` with one (randomly initialised) best checkpoint, as a trainer
+    leaves it."""
     torch.manual_seed(seed)
     net = SegmentationNet()
     for module in net.modules():  # spread the logits so that probabilities differ between folds
         if isinstance(module, torch.nn.Conv2d) and module.out_channels == 2:
             torch.nn.init.normal_(module.weight, std=2.0)
-    fold = runs / exp / f"fold{k}"
+    fold = runs / exp / folder / f"fold{k}"
     atomic_save({"model": net.state_dict(), "args": {"resize": resize}}, fold / "best_epoch001_score0.5000.pth")
     (fold / "best.json").write_text(json.dumps({"best": "best_epoch001_score0.5000.pth", "checkpoints": []}))
 
@@ -46,3 +47,15 @@ def test_a_fold_trained_at_another_size_runs_at_that_size(tmp_path):
     model.net.register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape[-2:])))
     gland_probability([model], np.zeros((40, 56), np.float32), CPU)
     assert seen == [(16, 32)]
+
+
+def test_every_seed_of_a_fold_joins_the_ensemble(tmp_path):
+    _fake_run(tmp_path, "SEG", 1, seed=4, folder="seed11")
+    _fake_run(tmp_path, "SEG", 1, seed=5, folder="seed12")
+    _fake_run(tmp_path, "ONE", 1, seed=4)
+    _fake_run(tmp_path, "TWO", 1, seed=5)
+    image = np.random.default_rng(1).random((40, 56)).astype(np.float32)
+    models = load_fold_models(tmp_path, "SEG", [1], CPU)
+    assert [m.path.parent.parent.name for m in models] == ["seed11", "seed12"]
+    one, two = (gland_probability(load_fold_models(tmp_path, exp, [1], CPU), image, CPU) for exp in ("ONE", "TWO"))
+    np.testing.assert_allclose(gland_probability(models, image, CPU), (one + two) / 2, atol=1e-7)

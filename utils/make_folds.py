@@ -1,8 +1,8 @@
 """Command: patient-disjoint 5-fold splits ``DATA_DIR/train_dict{1..5}.json``.
 
     python -m utils.make_folds DATA_DIR [--patient-regex REGEX | --patient-csv CSV]
-        [--labelled-per-patient N] [--labelled-patients FRACTION] [--seed S] [--resize W H]
-        [--overwrite]
+        [--labelled-per-patient N] [--labelled-patients FRACTION] [--val-fraction F] [--seed S]
+        [--resize W H] [--overwrite]
     python -m utils.make_folds DATA_DIR --check [--patient-regex REGEX | --patient-csv CSV]
 
 How patients are split is :mod:`dataloaders.splits`; the file format :mod:`dataloaders.folds`.
@@ -13,7 +13,8 @@ import argparse
 from typing import Sequence
 
 from dataloaders.folds import NUM_FOLDS, SPLITS, fold_path
-from dataloaders.splits import DEFAULT_PATIENT_REGEX, DEFAULT_SEED, check_folds, make_folds
+from dataloaders.splits import (DEFAULT_PATIENT_REGEX, DEFAULT_SEED, MIN_VAL_PATIENTS, VAL_FRACTION, check_folds,
+                               make_folds)
 from utils.cli import OneLineErrorParser
 from utils.errors import InputError, run_cli
 
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labelled-patients", metavar="FRACTION", type=float, default=1.0,
                         help="fraction in (0, 1] of each fold's training patients that get Atlas "
                              "images; the others are fully unlabelled (default 1.0)")
+    parser.add_argument("--val-fraction", metavar="F", type=float, default=VAL_FRACTION,
+                        help=f"share of each fold's non-test patients in val, where checkpoints are "
+                             f"selected (default {VAL_FRACTION:g} = 1/8); fewer than {MIN_VAL_PATIENTS} val "
+                             f"patients is a warning, since selection on one or two patients is noise")
     parser.add_argument("--seed", metavar="S", type=int, default=DEFAULT_SEED,
                         help=f"seed of every random choice; same seed, same folds (default {DEFAULT_SEED})")
     parser.add_argument("--resize", metavar=("W", "H"), type=int, nargs=2, default=None,
@@ -79,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     folds = make_folds(args.data_dir, patient_regex=args.patient_regex,
                        patient_csv=args.patient_csv, labelled_per_patient=args.labelled_per_patient,
                        labelled_patients=args.labelled_patients, seed=args.seed, resize=resize,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, val_fraction=args.val_fraction)
     print(_summary(folds))
     print(f"wrote {fold_path(args.data_dir, 1)} ... {fold_path(args.data_dir, NUM_FOLDS).name} (seed {args.seed})")
 

@@ -1,7 +1,8 @@
-"""Paired comparison of two segmentation experiments on the same test images.
+"""Paired comparison of two segmentation experiments on the same test images, within runs.
 
 For each per-image metric, with ``d_i = metric_i(experiment) - metric_i(reference)``
-over the images both scored (paired by fold and image name, pooled over folds):
+over the images both scored (paired by fold, seed and image name, pooled over folds
+and seeds; :func:`align_single_runs`; rows are tagged ``level = "image"``):
 
 - ``mean_difference``: ``mean(d)``;
 - ``ci_low``, ``ci_high``: the 95 % percentile bootstrap interval of ``mean(d)``,
@@ -10,10 +11,13 @@ over the images both scored (paired by fold and image name, pooled over folds):
   (``scipy.stats.wilcoxon``; zero differences dropped as Wilcoxon did; 1.0 when every
   difference is zero).
 
-What it does not say: images of one patient are not independent, so both the
-interval and the p-value are somewhat optimistic; several metrics and experiments
-compared at once call for a correction of the p-values; and a difference on one
-data set is not a difference on another. HD95 is better when lower.
+What it does not say: the test images are the replicates, so it is blind to the
+variance of training (a second seed of the same method can differ by more); images
+of one patient are not independent, so both the interval and the p-value are
+optimistic; several metrics and experiments compared at once call for a correction
+of the p-values; and a difference on one data set is not a difference on another.
+The comparison over training runs is :mod:`utils.evaluation.run_comparison`. HD95 is
+better when lower.
 """
 from __future__ import annotations
 
@@ -24,17 +28,46 @@ from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 10_000
 CONFIDENCE = 0.95
-COLUMNS = ["experiment", "reference", "metric", "n", "reference_mean", "experiment_mean", "mean_difference",
-           "ci_low", "ci_high", "wilcoxon_p"]
+COLUMNS = ["level", "experiment", "reference", "metric", "n", "reference_mean", "experiment_mean",
+           "mean_difference", "ci_low", "ci_high", "wilcoxon_p"]
+
+
+def run_key(row: Mapping) -> tuple[str, str]:
+    """``(fold, seed)`` of a scored row as strings (``""`` without a seed), so that rows read
+    back from a CSV compare equal."""
+    seed = row.get("seed")
+    return str(row["fold"]), "" if seed is None else str(seed)
+
+
+def image_key(row: Mapping) -> tuple[str, str, str]:
+    """``(fold, seed, name)``: the same image scored by the same run."""
+    return (*run_key(row), row["name"])
+
+
+def align_single_runs(reference: Sequence[Mapping], experiment: Sequence[Mapping]) -> tuple[list[dict], list[dict]]:
+    """Rows as they are paired: runs pair by fold and seed, except that a fold in which each
+    side has one run pairs those two whatever their seeds (two single-seed experiments
+    trained with different ``--seed``): there the seed is dropped from the rows."""
+    def seeds(rows: Sequence[Mapping]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for row in rows:
+            fold, seed = run_key(row)
+            found.setdefault(fold, set()).add(seed)
+        return found
+
+    ours, theirs = seeds(reference), seeds(experiment)
+    single = {fold for fold in ours if len(ours[fold]) == 1 and len(theirs.get(fold, ())) == 1}
+    drop = lambda rows: [{**r, "seed": None} if str(r["fold"]) in single else dict(r) for r in rows]
+    return drop(reference), drop(experiment)
 
 
 def paired_values(reference: Sequence[Mapping], experiment: Sequence[Mapping], metric: str
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The metric of the images both row lists hold (keyed by ``fold`` and ``name``), in the
-    reference's order: ``(reference values, experiment values)``."""
-    theirs = {(str(r["fold"]), r["name"]): float(r[metric]) for r in experiment}
-    keys = [(str(r["fold"]), r["name"]) for r in reference if (str(r["fold"]), r["name"]) in theirs]
-    ours = {(str(r["fold"]), r["name"]): float(r[metric]) for r in reference}
+    """The metric of the images both row lists hold (keyed by ``fold``, ``seed`` when present,
+    and ``name``), in the reference's order: ``(reference values, experiment values)``."""
+    theirs = {image_key(r): float(r[metric]) for r in experiment}
+    keys = [image_key(r) for r in reference if image_key(r) in theirs]
+    ours = {image_key(r): float(r[metric]) for r in reference}
     return (np.array([ours[k] for k in keys], dtype=np.float64),
             np.array([theirs[k] for k in keys], dtype=np.float64))
 
@@ -63,13 +96,15 @@ def wilcoxon_p(differences: np.ndarray) -> float:
 
 def compare(reference: Sequence[Mapping], experiment: Sequence[Mapping], metrics: Iterable[str],
             reference_name: str, experiment_name: str, seed: int = 3407) -> list[dict]:
-    """One row per metric (columns :data:`COLUMNS`) comparing ``experiment`` with ``reference``."""
+    """One row per metric (columns :data:`COLUMNS`) comparing ``experiment`` with ``reference``
+    (images paired as :func:`align_single_runs` says)."""
+    reference, experiment = align_single_runs(reference, experiment)
     rows = []
     for metric in metrics:
         ref, exp = paired_values(reference, experiment, metric)
         differences = exp - ref
         low, high = bootstrap_interval(differences, seed)
-        rows.append({"experiment": experiment_name, "reference": reference_name, "metric": metric,
+        rows.append({"level": "image", "experiment": experiment_name, "reference": reference_name, "metric": metric,
                      "n": int(differences.size),
                      "reference_mean": float(ref.mean()) if ref.size else float("nan"),
                      "experiment_mean": float(exp.mean()) if exp.size else float("nan"),

@@ -33,7 +33,7 @@ from utils.clinical.calibration import CALIBRATED_COLUMN, MeiboscoreCalibration,
 from utils.clinical.glands import GLAND_COLUMNS
 from utils.clinical.measures import IMAGE_COLUMNS, measure_image
 from utils.evaluation.gland_overlay import draw_gland_overlay
-from utils.training.checkpoints import find_best_checkpoint, load_network, run_dir_for
+from utils.training.checkpoints import find_best_checkpoint, find_runs, load_network
 from utils.evaluation.visualise import overlay_mask
 
 
@@ -49,10 +49,13 @@ class FoldModel:
 
 def load_fold_models(runs_dir: str | Path, exp: str, folds: Sequence[int], device: torch.device,
                      checkpoint: str | Path | None = None, hint: str = "") -> list[FoldModel]:
-    """Each fold's best-on-val segmenter of ``RUNS/EXP/fold<k>`` (or the one ``checkpoint`` file)."""
+    """The best-on-val segmenter of every run of each fold (``RUNS/EXP/fold<k>``, or each
+    ``RUNS/EXP/seed<S>/fold<k>``: :func:`utils.training.checkpoints.find_runs`), or the one
+    ``checkpoint`` file."""
+    paths = [Path(checkpoint)] if checkpoint else [
+        find_best_checkpoint(run.run_dir, hint=hint) for k in folds for run in find_runs(runs_dir, exp, k, hint)]
     models = []
-    for k in folds:
-        path = Path(checkpoint) if checkpoint else find_best_checkpoint(run_dir_for(runs_dir, exp, k), hint=hint)
+    for path in paths:
         net, state = load_network(path, SegmentationNet(), device)
         trained = state.get("args") or {}
         resize = trained.get("resize")

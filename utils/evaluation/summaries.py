@@ -1,7 +1,8 @@
 """Summaries of scored rows (one row per test image or pair): per fold and pooled, as CSV rows
 and as the printed side-by-side table of experiments.
 
-A row is a dict with a ``fold`` key and one float per metric; segmentation rows also carry
+A row is a dict with a ``fold`` key (and, from the test script, the ``seed`` of its run) and one
+float per metric; segmentation rows also carry
 ``hd95_empty`` (the empty-mask tag of :func:`utils.evaluation.metrics.hd95`).
 """
 from __future__ import annotations
@@ -16,10 +17,10 @@ from utils.evaluation.metrics import summarise
 SEG_PIXEL_METRICS = ["iou", "dice", "hd95", "recall", "accuracy"]
 SEG_THIN_METRICS = list(THIN_METRICS)
 SEG_METRICS = SEG_PIXEL_METRICS + SEG_THIN_METRICS
-SEG_COLUMNS = ["name", "patient", "fold"] + SEG_METRICS + ["hd95_empty"] + GLAND_COUNTS
+SEG_COLUMNS = ["name", "patient", "fold", "seed"] + SEG_METRICS + ["hd95_empty"] + GLAND_COUNTS
 REG_METRICS = ["affine_iou", "affine_dice", "affine_recall", "iou", "dice", "recall",
                "folding_fraction", "jacobian_mean", "jacobian_min", "jacobian_std"]
-REG_COLUMNS = ["moving", "fixed", "patient", "fold"] + REG_METRICS
+REG_COLUMNS = ["moving", "fixed", "patient", "fold", "seed"] + REG_METRICS
 
 
 def _empty_count(rows: Sequence[Mapping]) -> dict:

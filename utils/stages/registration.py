@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the VoxelMorph-style registration network with SE + position attention "
                     "on intra-patient image pairs (affinely pre-aligned), for one fold or all five. "
                     "Defaults reproduce the paper.")
-    add_common_args(parser, exp_default="REG")
+    add_common_args(parser, exp_default="REG", several_seeds=True)
     add_training_args(parser, epochs=200, iters=200, lr=1e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-6, help="Adam weight decay (default: 1e-6)")
     parser.add_argument("--w-ssim", type=float, default=1.0, help="weight of the 1 - SSIM term (default: 1)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "baselines it is compared with, for one fold or all five. SS-MGS needs the fold's "
                     "registration checkpoint (5fold_Train_Reg.py). Defaults reproduce the paper "
                     "(and, for the baselines, their public code; see README).")
-    add_common_args(parser, exp_default="SEG")
+    add_common_args(parser, exp_default="SEG", several_seeds=True)
     add_training_args(parser, epochs=50, iters=200, lr=1e-3)
     parser.add_argument("--method", default=None, choices=list(METHODS), metavar="METHOD",
                         help=f"training method (default: ss-mgs; supervised with --target eyelid). {methods}")
@@ -165,3 +165,16 @@ def method_of(saved_args: Mapping[str, Any]) -> str:
     if saved_args.get("target", "gland") != "gland":
         text += f", target {saved_args['target']}"
     return f"{text} ({training_setting(saved_args)})"
+
+
+def select_methods(names: Sequence[str] | None, default: Sequence[str], flag: str = "--methods") -> list[str]:
+    """A ``--methods`` value -> method names in order, without repeats: ``default`` when empty,
+    every registered method for ``all``; an unknown name is an InputError."""
+    if not names:
+        return list(default)
+    if list(names) == ["all"]:
+        return list(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(f"{flag}: unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))

@@ -24,8 +24,9 @@ from networks.rsgm import rsgm_generate, sample_coefficients
 from networks.weights import freeze
 from utils.stages.augmentations import Augment, no_augmentation
 from utils.stages.registration import load_registration_network
-from utils.training.checkpoints import find_best_checkpoint, run_dir_for
+from utils.training.checkpoints import find_best_checkpoint, run_dir_serving_seed
 from utils.training.engine import FiniteCheck
+from utils.training.fold_runner import run_label
 from utils.training.runtime import make_generator
 from utils.training.schedules import epoch_ramp, ramp_length
 from utils.stages.segmentation import SegmentationStage, panel_tiles, scaled_step, split_outputs, tile_panel
@@ -34,8 +35,10 @@ from utils.stages.segmentation import SegmentationStage, panel_tiles, scaled_ste
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """SS-MGS's own flags: the registration checkpoint, the loss weights, RNSF and RSGM settings."""
     parser.add_argument("--reg-exp", default="REG",
-                        help="registration experiment whose best checkpoint of the same fold is loaded "
-                             "from RUNS/REG_EXP/fold<K>/ (default: REG)")
+                        help="registration experiment whose best checkpoint of the same fold is loaded: "
+                             "from RUNS/REG_EXP/seed<S>/fold<K>/ when it exists for this run's seed S, else "
+                             "from RUNS/REG_EXP/fold<K>/ (one registration model per fold serves every "
+                             "seed; default: REG)")
     parser.add_argument("--reg-checkpoint", default=None,
                         help="explicit registration checkpoint file (overrides --reg-exp; with --fold all "
                              "the same file serves every fold)")
@@ -153,13 +156,16 @@ def segmentation_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
 
 
 def load_registration_net(args: argparse.Namespace, k: int, device: torch.device) -> RegistrationNet:
-    """The fold's best registration network (``--reg-checkpoint`` or ``--reg-exp``), frozen."""
+    """The fold's best registration network, frozen: ``--reg-checkpoint``, or that of
+    ``--reg-exp`` which serves the run's seed (``RUNS/REG/seed<S>/fold<K>`` when it exists,
+    else ``RUNS/REG/fold<K>``)."""
     path = args.reg_checkpoint or find_best_checkpoint(
-        run_dir_for(args.runs_dir, args.reg_exp, k),
-        hint=f"python 5fold_Train_Reg.py --data-dir {args.data_dir} --fold {k} --exp {args.reg_exp}")
+        run_dir_serving_seed(args.runs_dir, args.reg_exp, k, args.seed),
+        hint=f"python 5fold_Train_Reg.py --data-dir {args.data_dir} --fold {k} --exp {args.reg_exp} "
+             f"(or --seeds {args.seed} for a registration of this seed only)")
     net, _ = load_registration_network(path, device)
     integration = f" (velocity integrated in {net.integration_steps} steps)" if net.integration_steps else ""
-    print(f"fold {k}: registration network from {path}{integration}")
+    print(f"{run_label(args, k)}: registration network from {path}{integration}")
     return freeze(net)
 
 

@@ -1,7 +1,8 @@
 """Run folders and checkpoints: last, best-N with a manifest, resume with RNG state,
 and loading a trained network from a checkpoint file.
 
-Run folder layout (``run_dir = RUNS/EXP/fold<K>``)::
+Run folder layout (``run_dir = RUNS/EXP/fold<K>`` for the one run of ``--seed``,
+``RUNS/EXP/seed<S>/fold<K>`` for each seed of ``--seeds``)::
 
     last.pth                              latest state, for --resume
     best_epoch{E:03d}_score{S:.4f}.pth    the best ``keep`` checkpoints by score
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,6 +30,7 @@ from utils.training.rng_state import restore_rng_state, rng_state
 
 LAST_NAME = "last.pth"
 MANIFEST_NAME = "best.json"
+SEED_FOLDER = re.compile(r"seed(-?\d+)")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -236,9 +240,54 @@ def find_best_checkpoint(run_dir: str | os.PathLike, hint: str | None = None) ->
     return path
 
 
-def run_dir_for(runs_dir: str | os.PathLike, exp: str, fold: int | str) -> Path:
-    """``RUNS/EXP/fold<K>``."""
-    return Path(runs_dir) / exp / f"fold{fold}"
+def run_dir_for(runs_dir: str | os.PathLike, exp: str, fold: int | str, seed: int | None = None) -> Path:
+    """``RUNS/EXP/fold<K>`` (``seed`` None: the single-seed layout) or ``RUNS/EXP/seed<S>/fold<K>``."""
+    base = Path(runs_dir) / exp
+    return (base if seed is None else base / f"seed{int(seed)}") / f"fold{fold}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained run of an experiment: its fold, the seed of its ``seed<S>`` folder (None
+    for the single-seed folder ``RUNS/EXP/fold<K>``, whose seed is in its checkpoint) and
+    its folder."""
+
+    fold: int
+    seed: int | None
+    run_dir: Path
+
+
+def find_runs(runs_dir: str | os.PathLike, exp: str, fold: int, hint: str | None = None) -> list[Run]:
+    """The runs of ``exp`` for ``fold`` that hold a best checkpoint: every
+    ``RUNS/EXP/seed<S>/fold<K>`` (by seed), or, when there is none, ``RUNS/EXP/fold<K>``.
+    The single-seed folder beside seed folders is left out with a printed note (it would
+    count a seed twice or mix layouts; move it to ``seed<S>/`` to include it). InputError
+    (with ``hint``) when there is no run at all."""
+    base = Path(runs_dir) / exp
+    seeds = []
+    if base.is_dir():
+        for child in base.iterdir():
+            match = SEED_FOLDER.fullmatch(child.name)
+            if match and (child / f"fold{fold}" / MANIFEST_NAME).is_file():
+                seeds.append(int(match.group(1)))
+    single = run_dir_for(runs_dir, exp, fold)
+    if not seeds:
+        if not (single / MANIFEST_NAME).is_file():
+            raise InputError(f"{single}: no best checkpoint ({MANIFEST_NAME} missing), and no "
+                             f"{base}/seed<S>/fold{fold} either" + (f"; {hint}" if hint else ""))
+        return [Run(int(fold), None, single)]
+    if (single / MANIFEST_NAME).is_file():
+        print(f"note: {single} is not used beside the seed folders of {base} (move it to "
+              f"{base}/seed<S>/fold{fold} to count it as the run of seed S)")
+    return [Run(int(fold), seed, run_dir_for(runs_dir, exp, fold, seed)) for seed in sorted(seeds)]
+
+
+def run_dir_serving_seed(runs_dir: str | os.PathLike, exp: str, fold: int, seed: int) -> Path:
+    """The run of ``exp`` that serves a run of seed ``seed`` (the registration model of a
+    segmentation run): ``RUNS/EXP/seed<S>/fold<K>`` when it holds a best checkpoint, else
+    ``RUNS/EXP/fold<K>`` (one model of the fold for every seed)."""
+    seeded = run_dir_for(runs_dir, exp, fold, seed)
+    return seeded if (seeded / MANIFEST_NAME).is_file() else run_dir_for(runs_dir, exp, fold)
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
